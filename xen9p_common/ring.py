@@ -1,15 +1,6 @@
-"""The Xen 9pfs flex ring over memoryviews: intf page layout, queued math, whole requests in, whole replies out.
+"""The Xen 9pfs flex ring over memoryviews: intf layout, queued math, whole requests in, whole replies out.
 
-Pure: no mapping, no event channels; the worker maps the pages and hands this module memoryviews.
-
-Memory ordering. Xen's recipe is: producer reads indexes, full barrier, writes data,
-write barrier, advances prod; consumer reads prod, read barrier, reads data, full
-barrier, advances cons. On x86-64 (TSO) loads are not reordered with loads, stores
-not with stores, and loads not with later stores, so plain program order is enough
-as long as every index access is ONE aligned 4-byte load or store. CPython's
-struct module swaps in its native (memcpy-based) unpack/pack functions for '<I' on
-little-endian hosts, and a constant 4-byte memcpy compiles to one mov: no torn
-indexes. Other architectures would need real fences; we only support x86-64 dom0s.
+Pure: no mapping, no event channels; the worker maps the pages and hands them over as memoryviews.
 """
 from __future__ import annotations
 
@@ -18,6 +9,14 @@ from typing import Iterator
 
 from xen9p_common.errors import RingError, Xen9pError
 
+# Memory ordering. Xen's recipe is: producer reads indexes, full barrier, writes data,
+# write barrier, advances prod; consumer reads prod, read barrier, reads data, full
+# barrier, advances cons. On x86-64 (TSO) loads are not reordered with loads, stores
+# not with stores, and loads not with later stores, so plain program order is enough
+# as long as every index access is ONE aligned 4-byte load or store. CPython's
+# struct module swaps in its native (memcpy-based) unpack/pack functions for '<I' on
+# little-endian hosts, and a constant 4-byte memcpy compiles to one mov: no torn
+# indexes. Other architectures would need real fences; we only support x86-64 dom0s.
 _U32 = struct.Struct("<I")
 _load = _U32.unpack_from
 _store = _U32.pack_into

@@ -1,18 +1,6 @@
 """XenbusState and the backend device handshake as a transition table.
 
 The supervisor turns what it reads in xenstore into Events, looks up (state, event) here, and performs the Actions.
-
-Contract for the supervisor:
-- Events are level-triggered observations and may repeat, arrive late or be
-  spurious (watches coalesce; rescans re-observe). Pairs not in the table are
-  ignored: same state, no actions.
-- Actions run in the listed order. Every action is idempotent and a cleanup action
-  with nothing to clean is a no-op (stop_workers with no workers, free_device_state
-  with none created), so teardown rows need not know how far setup got.
-- If a setup action fails (validate_config, validate_frontend, create_device_state,
-  spawn_workers), the supervisor stops running that list and feeds Event.FAILURE.
-- Xenstore writes are skipped when the backend dir is gone, so rows reached by
-  BACKEND_GONE / DOMAIN_RELEASED never write (a write would recreate the dir).
 """
 from __future__ import annotations
 
@@ -94,6 +82,18 @@ class Action(enum.StrEnum):
     FORGET_DEVICE = "forget_device"
 
 
+# Contract for the supervisor:
+# - Events are level-triggered observations and may repeat, arrive late or be
+#   spurious (watches coalesce; rescans re-observe). Pairs not in the table are
+#   ignored: same state, no actions.
+# - Actions run in the listed order. Every action is idempotent and a cleanup action
+#   with nothing to clean is a no-op (stop_workers with no workers, free_device_state
+#   with none created), so teardown rows need not know how far setup got.
+# - If a setup action fails (validate_config, validate_frontend, create_device_state,
+#   spawn_workers), the supervisor stops running that list and feeds Event.FAILURE.
+# - Xenstore writes are skipped when the backend dir is gone, so rows reached by
+#   BACKEND_GONE / DOMAIN_RELEASED never write (a write would recreate the dir).
+
 S, E, A = DeviceState, Event, Action
 
 _ADVERTISE = (A.WRITE_FEATURES, A.SET_STATE_INITWAIT)
@@ -149,8 +149,9 @@ _ROWS: list[tuple[DeviceState, Event, DeviceState, tuple[Action, ...]]] = [
 
 # libxl detach (online=0, state=5) from any live state: it waits 10 s for our Closed,
 # so answer at once, even if we were already Closed (libxl overwrote our 6 with 5).
-_ROWS += [(s, E.BACKEND_OFFLINE, S.DETACHED, _TEARDOWN_CLOSED) for s in _LIVE if s is not S.NEW]
-_ROWS += [(S.NEW, E.BACKEND_OFFLINE, S.DETACHED, (A.SET_STATE_CLOSED,))]
+_ROWS += [(s, E.BACKEND_OFFLINE, S.DETACHED, _TEARDOWN_CLOSED) for s in _LIVE
+          if s not in (S.NEW, S.DETACHED)]
+_ROWS += [(s, E.BACKEND_OFFLINE, S.DETACHED, (A.SET_STATE_CLOSED,)) for s in (S.NEW, S.DETACHED)]
 # The backend dir vanished or the domain died: release everything, write nothing.
 _ROWS += [(s, e, S.GONE, _VANISH) for s in _LIVE for e in (E.BACKEND_GONE, E.DOMAIN_RELEASED)]
 
@@ -197,10 +198,13 @@ def backend_event(observed: XenbusState | None, online: bool,
     """The Event for our own backend `state`/`online` nodes, given the state we last wrote.
 
     libxl detaches by writing online=0 and state=5; a state we did not write ourselves
-    is the toolstack talking. state=1 with online=1 is a (re-)attach.
+    is the toolstack talking. state=1 with online=1 is a (re-)attach. Offline stays an
+    event until our state node holds the Closed we wrote in answer.
     """
     if not online:
-        return Event.BACKEND_OFFLINE
+        # Already answered with our Closed: stay quiet on every later rescan.
+        answered = observed == last_written == XenbusState.Closed
+        return None if answered else Event.BACKEND_OFFLINE
     if observed == last_written:
         return None
     if observed == XenbusState.Closing:
