@@ -171,8 +171,8 @@ class Conn:
         return self.domid == 0
 
     def start(self) -> None:
+        self.writer.start()  # first: the reader joins it on exit
         self.reader.start()
-        self.writer.start()
 
     def send(self, data: bytes) -> None:
         with self.out_cv:
@@ -398,7 +398,9 @@ class XenstoredServer:
                 view.put(path, replace(node, value=value))
                 ctx.fire(path, False, node.perms)
             return
-        self._create(ctx, view, path, value)
+        perms = self._create(ctx, view, path, value)
+        # One event for the written node covers its implicit parents: every watch on one of them matches it.
+        ctx.fire(path, False, perms)
 
     def _create(self, ctx: "_Ctx", view, path: str, value: bytes) -> Perms:
         """Create path and missing parents; children inherit the parent's perms, owned by the creator."""
@@ -416,7 +418,6 @@ class XenstoredServer:
                 raise XsFail(errno.ENOSPC)
         view.put(path, Node(value, perms, (), 0))
         view.put(parent_path, replace(parent, children=parent.children + (basename(path),)))
-        ctx.fire(path, False, perms)
         return perms
 
     def _rm(self, ctx: "_Ctx", path: str) -> None:
