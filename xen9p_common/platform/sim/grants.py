@@ -153,8 +153,11 @@ class SimDomainMemory:
         if self._mem_fd < 0:
             return
         self._mem_view.release()
-        self._mem.close()
-        self._gnt.close()
+        for region in (self._mem, self._gnt):
+            try:
+                region.close()
+            except BufferError:
+                pass  # page() views are still alive: the mapping goes when the last one does
         os.close(self._mem_fd)
         os.close(self._gnt_fd)
         self._mem_fd = self._gnt_fd = -1
