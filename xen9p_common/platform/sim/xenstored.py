@@ -270,9 +270,17 @@ class XenstoredServer:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        # Bind under a temporary name and rename once listening, so that a client that
+        # sees the path never gets ECONNREFUSED.
+        tmp = f"{path}.new"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(path)
+        s.bind(tmp)
         s.listen(64)
+        os.rename(tmp, path)
         t = threading.Thread(target=self._accept_loop, args=(s, domid), daemon=True, name=f"xs-accept-d{domid}")
         t.start()
         self._threads.append(t)
