@@ -274,3 +274,16 @@ def test_platform_factories_reach_the_simulated_xenstored(tmp_path):
         assert read_self_domid(platform.xenstore) == 0
     finally:
         server.stop()
+
+
+def test_alloc_hands_out_runs_and_pages_view_spans_them(guest):
+    frames = guest.alloc_pages(4)
+    assert frames == list(range(frames[0], frames[0] + 4))
+    run = guest.pages_view(frames[0], 4)
+    run[PAGE_SIZE * 3:PAGE_SIZE * 3 + 2] = b"hi"
+    assert bytes(guest.page(frames[3])[:2]) == b"hi"
+    with pytest.raises(PlatformError):
+        guest.pages_view(guest.pages - 1, 2)
+    run.release()
+    guest.free_pages(sorted(frames, reverse=True))
+    assert guest.alloc_pages(4) == frames

@@ -115,6 +115,12 @@ class SimDomainMemory:
             raise platform_error(errno.EINVAL, f"dom{self.domid} has no frame {frame}")
         return self._mem_view[frame * PAGE_SIZE:(frame + 1) * PAGE_SIZE]
 
+    def pages_view(self, first: int, count: int) -> memoryview:
+        """Consecutive frames as one view (the guest kernel sees a run of its pages as one buffer)."""
+        if count <= 0 or not 0 <= first <= self.pages - count:
+            raise platform_error(errno.EINVAL, f"dom{self.domid} has no frames {first}..{first + count - 1}")
+        return self._mem_view[first * PAGE_SIZE:(first + count) * PAGE_SIZE]
+
     # -- grants --------------------------------------------------------------------
     def grant_access(self, frame: int, to_domid: int, readonly: bool = False) -> int:
         if not 0 <= frame < self.pages:
