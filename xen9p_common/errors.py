@@ -37,7 +37,11 @@ class XenStoreError(Xen9pError):
 
 
 class PlatformError(Xen9pError):
-    """A grant map, event channel or other hypervisor operation failed."""
+    """A grant map, event channel or other hypervisor operation failed; carries an errno."""
+
+    def __init__(self, msg: str = "", err: int = _errno.EIO) -> None:
+        self.errno = err
+        super().__init__(msg or os.strerror(err))
 
 
 class RingError(ProtocolError):

@@ -34,9 +34,7 @@ _FLOCK = struct.Struct("hhqqi4x")
 
 def platform_error(err: int, msg: str) -> PlatformError:
     """A PlatformError that carries an errno like XenStoreError does."""
-    exc = PlatformError(f"{msg}: {os.strerror(err)}")
-    exc.errno = err  # type: ignore[attr-defined]
-    return exc
+    return PlatformError(f"{msg}: {os.strerror(err)}", err)
 
 
 def mem_dir(sim_dir: str) -> str:

@@ -61,9 +61,7 @@ EAGAIN_RETRY_SECONDS = 1.0
 
 def platform_error(err: int, msg: str) -> PlatformError:
     """A PlatformError that carries an errno like XenStoreError does."""
-    exc = PlatformError(f"{msg}: {os.strerror(err)}")
-    exc.errno = err  # type: ignore[attr-defined]
-    return exc
+    return PlatformError(f"{msg}: {os.strerror(err)}", err)
 
 
 def pack_map_grant_ref(domid: int, refs: Sequence[int]) -> bytearray:
