@@ -81,6 +81,24 @@ class RpcClient:
             raise
         return fut
 
+    def rpc_raw_async(self, make_frame, reply_type: type[m.Message] | None = None) -> Future:
+        """Send a hand-made frame under a fresh tag: `make_frame(tag) -> bytes`.
+
+        For tests of what the codec refuses to build; the Future resolves like rpc_async's.
+        """
+        fut: Future = Future()
+        fut.reply_type = reply_type
+        tag = self._alloc_tag(fut)
+        fut.tag = tag
+        fut.request = f"raw frame (tag {tag})"
+        try:
+            self.send_frame(make_frame(tag))
+        except BaseException:
+            with self._lock:
+                self._pending.pop(tag, None)
+            raise
+        return fut
+
     def send_frame(self, frame: bytes) -> None:
         """Send one encoded frame as is (tests use this for hand-made frames)."""
         with self._send_lock:
@@ -138,12 +156,9 @@ class RpcClient:
             log.warning("undecodable reply header; ignored")
             return
         with self._lock:
-            fut = self._pending.get(tag)
-            if fut is not None and tag not in self._flushing:
-                del self._pending[tag]
-            elif fut is not None:
-                # Reply raced the flush: deliver it but keep the tag until Rflush.
-                del self._pending[tag]
+            # A reply that races its Tflush is delivered; the tag itself stays
+            # reserved (in _flushing) until the Rflush arrives.
+            fut = self._pending.pop(tag, None)
         if fut is None:
             log.warning("reply with unknown tag %d ignored", tag)
             return
