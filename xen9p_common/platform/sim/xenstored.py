@@ -294,16 +294,18 @@ class XenstoredServer:
                 return
             conn = Conn(self, sock, domid)
             with self.lock:
-                if domid and domid not in self.domains:
+                # Checked under the lock so stop() and RELEASE see every connection they must close.
+                if not self._running or (domid and domid not in self.domains):
                     sock.close()
                     continue
                 self.conns.add(conn)
                 if domid:
                     self.domains[domid].conns.add(conn)
-            conn.start()
+                conn.start()
 
     def stop(self) -> None:
-        self._running = False
+        with self.lock:
+            self._running = False
         listeners = [self._listener] + [d.listener for d in self.domains.values()]
         for s in listeners:
             if s is not None:
