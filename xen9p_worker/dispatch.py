@@ -1,0 +1,218 @@
+"""Transport-independent 9P2000.L dispatch: one Session per 9P session, frames in, frames out.
+
+Cheap requests run on the caller's thread; blocking ones on a worker pool. Every
+request gets exactly one reply, except one flushed before it started.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from typing import Callable
+
+from xen9p_common.errors import DecodeError, Xen9pError
+from xen9p_common.p9 import messages as M
+
+from . import handlers
+from .fdcache import FdCache
+from .fids import FidTable, LocalFidTable
+from .locks import LocalLockTable, LockTable
+from .pool import WorkerPool
+
+log = logging.getLogger("xen9p.dispatch")
+
+Reply = Callable[[object], None]  # bytes (a whole frame) or int (length written via alloc)
+Alloc = Callable[[int], list]     # size -> list[memoryview] the reply frame is written into
+
+_QUEUED, _RUNNING, _DONE, _DROPPED = range(4)
+PENDING = handlers.PENDING
+
+
+class Limits:
+    """Per-device resource bounds; None means unbounded."""
+
+    def __init__(self, max_fids: int | None = None, max_open_files: int | None = None,
+                 max_space: int | None = None) -> None:
+        self.max_fids = max_fids
+        self.max_open_files = max_open_files
+        self.max_space = max_space  # bytes a Twrite/Tsetattr may grow the export to (statvfs-based)
+
+
+class Server:
+    """What every session of one export shares: backend, lock table, worker pool, limits."""
+
+    def __init__(self, backend, *, msize_cap: int = 512 * 1024 + 24, pool_size: int = 8,
+                 limits: Limits | None = None, locks: LockTable | None = None,
+                 fid_table_factory: Callable[[int], FidTable] | None = None,
+                 inline_ops: frozenset | None = None, fd_cache_size: int = 1024) -> None:
+        self.backend = backend
+        self.msize_cap = max(msize_cap, M.HEADER_SIZE + 4096)
+        self.limits = limits or Limits()
+        self.locks = locks or LocalLockTable()
+        self.pool = WorkerPool(pool_size, "xen9p-io")
+        self.fid_table_factory = fid_table_factory or (lambda n: LocalFidTable(n))
+        self.inline = handlers.INLINE if inline_ops is None else inline_ops
+        self.fd_cache_size = fd_cache_size
+        self._space = (0.0, 0)  # (when measured, bytes) for limits.max_space
+
+    def space_used(self) -> int:
+        """Bytes allocated under the export, re-measured at most every few seconds."""
+        now = time.monotonic()
+        if now - self._space[0] > 5.0:
+            self._space = (now, self.backend.disk_usage())
+        return self._space[1]
+
+    def session(self, fids: FidTable | None = None) -> "Session":
+        if fids is None:
+            fids = self.fid_table_factory(self.limits.max_fids or (1 << 20))
+        return Session(self, fids)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class Request:
+    __slots__ = ("tag", "msg", "reply", "alloc", "state", "flushes", "cancel")
+
+    def __init__(self, tag, msg, reply, alloc) -> None:
+        self.tag, self.msg, self.reply, self.alloc = tag, msg, reply, alloc
+        self.state = _QUEUED
+        self.flushes: list[tuple[int, Reply]] = []
+        self.cancel: Callable[[], bool] | None = None
+
+
+class Session:
+    """One 9P session: its fids, negotiated msize and in-flight tags."""
+
+    def __init__(self, server: Server, fids: FidTable) -> None:
+        self.server = server
+        self.backend = server.backend
+        self.locks = server.locks
+        self.fids = fids
+        self.fds = FdCache(server.fd_cache_size)
+        self.msize = 8192  # until Tversion says otherwise
+        self.lock_keys: dict[int, tuple] = {}  # fid -> lock-table key of files it locked through
+        self._mu = threading.Lock()
+        self._inflight: dict[int, Request] = {}
+        self._table = handlers.TABLE
+        self._inline = server.inline
+        self._pool_submit = server.pool.submit
+        self.pid = os.getpid()
+
+    # -- the transport-facing API --------------------------------------------
+
+    def submit(self, frame, reply: Reply, alloc: Alloc | None = None) -> None:
+        """Handle one whole request frame; `reply` gets its reply frame exactly once.
+
+        With `alloc`, a Tread writes its reply in place into the segments alloc(size)
+        returns and then calls reply(length); any other reply arrives as bytes (the
+        transport places it in an allocation it already handed out). `frame` must stay
+        valid until the reply (Twrite data is a view into it).
+        """
+        try:
+            msg = M.decode(frame)
+        except DecodeError as e:
+            tag = M.NOTAG
+            if len(frame) >= M.HEADER_SIZE:
+                tag = M.HEADER.unpack_from(frame, 0)[2]
+            reply(M.encode(M.Rlerror(tag, e.errno)))
+            return
+        tag = msg.tag
+        cls = type(msg)
+        if cls is M.Tflush:
+            self._flush(msg, reply)
+            return
+        fn = self._table.get(cls)
+        if fn is None:  # an R message or something we do not serve
+            reply(M.encode(M.Rlerror(tag, errno.EOPNOTSUPP)))
+            return
+        req = Request(tag, msg, reply, alloc)
+        with self._mu:
+            if tag in self._inflight:
+                log.warning("tag %d reused while in flight; it cannot be flushed", tag)
+            else:
+                self._inflight[tag] = req
+        if cls in self._inline:
+            self._run(req, fn)
+        else:
+            self._pool_submit(self._run, req, fn)
+
+    def close(self) -> None:
+        """The transport is gone: withdraw waiters and clunk every fid."""
+        with self._mu:
+            reqs = list(self._inflight.values())
+            self._inflight.clear()
+        for r in reqs:
+            if r.cancel is not None:
+                r.cancel()
+            r.state = _DROPPED
+        handlers.clunk_all(self)
+
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # -- internals ------------------------------------------------------------
+
+    def _run(self, req: Request, fn) -> None:
+        with self._mu:
+            if req.state == _DROPPED:
+                return
+            req.state = _RUNNING
+        try:
+            result = fn(self, req.msg, req)
+        except OSError as e:
+            result = M.Rlerror(req.tag, e.errno or errno.EIO)
+        except Xen9pError as e:
+            result = M.Rlerror(req.tag, getattr(e, "errno", errno.EIO) or errno.EIO)
+        except Exception:
+            log.exception("unexpected error serving %r", req.msg)
+            result = M.Rlerror(req.tag, errno.EIO)
+        if result is not PENDING:
+            self.finish(req, result)
+
+    def finish(self, req: Request, result) -> None:
+        """Send the reply of req, then the Rflush of every Tflush that waited for it."""
+        if isinstance(result, M.Message):
+            result = M.encode(result)
+        try:
+            req.reply(result)
+        except Exception:
+            log.exception("transport failed to take the reply of tag %d", req.tag)
+        with self._mu:
+            req.state = _DONE
+            if self._inflight.get(req.tag) is req:
+                del self._inflight[req.tag]
+            flushes, req.flushes = req.flushes, []
+        for ftag, freply in flushes:
+            freply(M.encode(M.Rflush(ftag)))
+
+    def park(self, req: Request, cancel: Callable[[], bool]) -> object:
+        """Mark req as waiting (a blocked Tlock) that a Tflush may cancel; returns PENDING."""
+        with self._mu:
+            req.cancel = cancel
+            flushes = req.flushes if req.flushes and cancel() else None
+            if flushes is not None:
+                req.state = _DROPPED
+                req.flushes = []
+                self._inflight.pop(req.tag, None)
+        for ftag, freply in flushes or ():
+            freply(M.encode(M.Rflush(ftag)))
+        return PENDING
+
+    def _flush(self, msg: M.Tflush, reply: Reply) -> None:
+        with self._mu:
+            old = self._inflight.get(msg.oldtag)
+            if old is not None:
+                if old.state == _QUEUED or (old.cancel is not None and old.cancel()):
+                    old.state = _DROPPED  # never replied to
+                    del self._inflight[msg.oldtag]
+                else:
+                    old.flushes.append((msg.tag, reply))
+                    return
+        reply(M.encode(M.Rflush(msg.tag)))
+
+    def reset(self) -> None:
+        """Tversion: forget every fid (in-flight requests finish against what they hold)."""
+        handlers.clunk_all(self)
