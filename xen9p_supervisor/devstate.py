@@ -1,0 +1,98 @@
+"""The seam between xen9pd and the per-device shared state (xen9p_worker.device_state).
+
+The Device FSM only calls factory.create(...) and handle.close()/unlink(); which implementation runs is chosen in main().
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from xen9p_common.errors import Xen9pError
+
+log = logging.getLogger("xen9pd")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-device policy from the toolstack's keys (0 = unlimited where the key allows it)."""
+
+    max_fids: int
+    max_open_files: int
+    max_space_mb: int = 0        # max-space, MiB
+    max_files: int = 0           # max-files
+    auto_delete: bool = False    # auto-delete
+
+
+class StateHandle(Protocol):
+    def close(self) -> None: ...
+
+    def unlink(self) -> None: ...
+
+
+class DeviceStateFactory(Protocol):
+    def create(self, name: str, *, limits: Limits, export: str, security_model: str, msize_cap: int,
+               num_rings: int) -> StateHandle: ...
+
+
+class NullState:
+    """A device state that holds nothing (workers that keep their own state, fakes in tests)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def close(self) -> None:
+        pass
+
+    def unlink(self) -> None:
+        pass
+
+
+class NullStateFactory:
+    def create(self, name: str, **_: Any) -> StateHandle:
+        return NullState(name)
+
+
+class ShmStateFactory:
+    """xen9p_worker.device_state.DeviceState.create(...) in shared memory."""
+
+    def __init__(self, cls: Any) -> None:
+        self.cls = cls
+
+    def create(self, name: str, *, limits: Limits, export: str, security_model: str, msize_cap: int,
+               num_rings: int) -> StateHandle:
+        kwargs = dict(max_fids=limits.max_fids, max_open_files=limits.max_open_files,
+                      max_space_mb=limits.max_space_mb, export=export, security_model=security_model,
+                      msize_cap=msize_cap, num_rings=num_rings)
+        # max-files and auto-delete are passed when the state knows them (older states do not).
+        for k, v in (("max_files", limits.max_files), ("auto_delete", limits.auto_delete)):
+            if _accepts(self.cls.create, k):
+                kwargs[k] = v
+        try:
+            return self.cls.create(name, **kwargs)
+        except (OSError, ValueError, Xen9pError) as e:
+            raise Xen9pError(f"cannot create device state {name}: {e}") from e
+
+
+def _accepts(fn: Any, kw: str) -> bool:
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return kw in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def make_factory(kind: str) -> DeviceStateFactory:
+    """'none' -> NullStateFactory; 'shm' -> the worker's DeviceState (must import); 'auto' -> shm if available."""
+    if kind == "none":
+        return NullStateFactory()
+    try:
+        mod = importlib.import_module("xen9p_worker.device_state")
+        return ShmStateFactory(mod.DeviceState)
+    except (ImportError, AttributeError) as e:
+        if kind == "shm":
+            raise Xen9pError(f"device_state=shm but xen9p_worker.device_state is unavailable: {e}") from e
+        log.warning("xen9p_worker.device_state unavailable (%s); devices get no shared state", e)
+        return NullStateFactory()

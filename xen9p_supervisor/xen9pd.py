@@ -1,0 +1,485 @@
+"""xen9pd, the supervisor daemon: discovery, device FSMs, ring workers, control and metrics, in one loop.
+
+Composition happens in main(); the Supervisor's loop is single-threaded and signal handlers only queue.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import sys
+import time
+from importlib import metadata
+from typing import Any
+
+import zmq
+
+from xen9p_common import control
+from xen9p_common.errors import ConfigError, Xen9pError, XenStoreError
+from xen9p_common.platform import Transaction, XenStore, open_platform
+from xen9p_common.xenbus import Event
+
+from . import config as configmod
+from .control_server import CommandError, ControlServer, bind_private
+from .devstate import DeviceStateFactory, make_factory
+from .device import Context, Device
+from .discovery import Discovery
+from .metrics import Metrics, PrometheusExporter
+from .sdnotify import Notifier
+from .workers import CpuAllocator, Launcher, Ring
+
+log = logging.getLogger("xen9pd")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
+LIBXL_NODE = "/local/domain/{self}/libxl/xen-9pfs"
+MAX_POLL = 0.5  # seconds; timers are checked at least this often
+
+
+def version() -> str:
+    try:
+        return metadata.version("xen9p")
+    except metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("xen9pd: %(levelname)s %(message)s"))
+    root = logging.getLogger("xen9pd")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(level.upper())
+
+
+class StartupError(Xen9pError):
+    """xen9pd cannot start (xenstore unreachable, another daemon holds the node); exit 69."""
+
+
+class Supervisor:
+    """The daemon's state and loop. Collaborators come in; nothing here reads argv or the environment."""
+
+    def __init__(self, cfg: configmod.Config, xs: XenStore, self_domid: int, zctx: zmq.Context,
+                 state_factory: DeviceStateFactory, notifier: Notifier, reload_config=None,
+                 platform_name: str = "xen") -> None:
+        self.cfg = cfg
+        self.xs = xs
+        self.self_domid = self_domid
+        self.zctx = zctx
+        self.notifier = notifier
+        self.reload_config = reload_config
+        self.platform_name = platform_name
+        self.started = time.time()
+        self.stopping = False
+        self.metrics = Metrics()
+        self.launcher = Launcher(cfg.worker_cmd, platform_name, cfg.sim_dir)
+        self.cpus = CpuAllocator(cfg.usable_cpus())
+        self.workers = zctx.socket(zmq.ROUTER)
+        self.workers.setsockopt(zmq.LINGER, 0)
+        # A restarted worker reuses its ring's identity; hand the identity over to the new connection.
+        self.workers.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        bind_private(self.workers, cfg.workers)
+        self.control = ControlServer(zctx, cfg.control, self)
+        self.pub = zctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 10000)
+        bind_private(self.pub, cfg.metrics)
+        self.exporter = PrometheusExporter(self.metrics, cfg.prometheus) if cfg.prometheus else None
+        self.ctx = Context(xs=xs, cfg=cfg, self_domid=self_domid, launcher=self.launcher, cpus=self.cpus,
+                           state_factory=state_factory, send_stop=self._send_stop)
+        self.discovery = Discovery(xs, self_domid, cfg.kinds, lambda k, d, v: Device(self.ctx, k, d, v))
+        self.holding_libxl_node = False
+        self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._status_line = ""
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _send_stop(self, r: Ring) -> None:
+        try:
+            self.workers.send_multipart([r.name.encode(), control.dumps({"v": control.VERSION, "type": control.S_STOP})],
+                                        zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # not connected (yet or any more): SIGTERM follows anyway
+
+    def _send_log_level(self, r: Ring, level: str) -> None:
+        try:
+            self.workers.send_multipart([r.name.encode(), control.dumps(
+                {"v": control.VERSION, "type": control.S_LOG_LEVEL, "level": level})], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def install_signals(self) -> None:
+        # The handlers do nothing: the wakeup fd carries the signal numbers into the loop.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, lambda *_: None)
+        signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
+
+    def hold_libxl_node(self) -> None:
+        """Tell libxl a xen-9pfsd is running (so xl does not start one), like xen-9pfsd itself does."""
+        if "xen_9pfs" not in self.cfg.kinds or not self.cfg.hold_libxl_node:
+            return
+        base = LIBXL_NODE.format(self=self.self_domid)
+
+        def tx(t: Transaction) -> None:
+            if t.read(base + "/state") is not None:
+                pid = (t.read(base + "/pid") or "").strip()
+                if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                    raise StartupError(f"{base}/state is held by a running daemon (pid {pid}); "
+                                       f"stop it (xen-9pfsd or another xen9pd) first")
+            t.write(base + "/state", "running")
+            t.write(base + "/pid", str(os.getpid()))
+
+        self.xs.transaction(tx)
+        self.holding_libxl_node = True
+        log.info("holding %s/state = running for libxl", base)
+
+    def release_libxl_node(self) -> None:
+        if not self.holding_libxl_node:
+            return
+        base = LIBXL_NODE.format(self=self.self_domid)
+        try:
+            def tx(t: Transaction) -> None:
+                if (t.read(base + "/pid") or "").strip() == str(os.getpid()):
+                    t.rm(base)
+            self.xs.transaction(tx)
+        except XenStoreError as e:
+            log.warning("cannot remove %s: %s", base, e)
+        self.holding_libxl_node = False
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.hold_libxl_node()
+        self.discovery.start()
+        self.discovery.rescan()
+        self.notifier.ready(self._status())
+        log.info("xen9pd %s ready: platform %s, serving %s, control %s, cpus %s", version(), self.platform_name,
+                 ",".join(self.cfg.kinds), self.cfg.control, ",".join(map(str, self.cpus.cpus)))
+
+    def run(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self.control.sock, zmq.POLLIN)
+        poller.register(self.workers, zmq.POLLIN)
+        poller.register(self.xs.event_fd(), zmq.POLLIN)
+        poller.register(self.sig_r, zmq.POLLIN)
+        now = time.monotonic()
+        next_rescan = now + self.cfg.rescan_interval
+        next_metrics = now
+        wd = self.notifier.watchdog_interval
+        next_wd = now if wd else None
+        while not self.stopping:
+            now = time.monotonic()
+            deadlines = [next_rescan, next_metrics, now + MAX_POLL]
+            if next_wd is not None:
+                deadlines.append(next_wd)
+            deadlines += [d for d in (dev.next_deadline() for dev in self.devices()) if d is not None]
+            timeout = max(0.0, min(deadlines) - now)
+            poller.poll(int(timeout * 1000) + 1)
+            self._handle_signals()
+            if self.stopping:
+                break
+            self._handle_workers()
+            try:
+                if self.discovery.handle_events():
+                    self.discovery.rescan()
+            except XenStoreError as e:
+                if e.errno in (errno.ECONNRESET, errno.EBADF, errno.EPIPE):
+                    log.error("lost the xenstore connection: %s", e)
+                    self.shutdown()
+                    return EXIT_UNAVAILABLE
+                log.warning("xenstore: %s", e)
+            self.control.handle_ready()
+            now = time.monotonic()
+            for dev in self.devices():
+                dev.tick()
+            self.discovery._sweep_forgotten()
+            if now >= next_rescan:
+                self.discovery.rescan()
+                next_rescan = now + self.cfg.rescan_interval
+            if now >= next_metrics:
+                self._metrics_tick()
+                next_metrics = now + self.cfg.metrics_interval
+            if next_wd is not None and now >= next_wd:
+                self.notifier.watchdog()
+                next_wd = now + wd
+        self.shutdown()
+        return EXIT_OK
+
+    def _handle_signals(self) -> None:
+        try:
+            data = os.read(self.sig_r, 256)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("signal %s: shutting down", signal.Signals(signum).name)
+                self.stopping = True
+            elif signum == signal.SIGHUP:
+                self.reload()
+
+    def _handle_workers(self, budget: int = 1000) -> None:
+        by_name = {dev.name: dev for dev in self.devices()}
+        for _ in range(budget):
+            try:
+                frames = self.workers.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue
+            ident = frames[0].decode("ascii", "replace")
+            try:
+                msg = control.parse_worker_msg(frames[1])
+            except control.ControlError as e:
+                log.warning("%s: bad worker message: %s", ident, e)
+                continue
+            dev = by_name.get(ident.rpartition("/")[0])
+            if dev is not None:
+                dev.on_worker_message(ident, msg)
+
+    def _metrics_tick(self) -> None:
+        self.metrics.collect(self.devices(), {"rescans_total": self.discovery.rescans})
+        self.metrics.publish(self.pub)
+        line = self._status()
+        if line != self._status_line:
+            self._status_line = line
+            self.notifier.status(line)
+
+    def _status(self) -> str:
+        devs = self.devices()
+        connected = sum(1 for d in devs if d.state == "connected")
+        rings = sum(len(d.rings.rings) for d in devs if d.rings)
+        return f"serving {connected} device(s) with {rings} ring worker(s)"
+
+    def devices(self) -> list[Device]:
+        return list(self.discovery.devices.values())
+
+    def shutdown(self) -> None:
+        """Every device Closed, every worker gone, sockets and nodes released."""
+        self.notifier.stopping()
+        devs = self.devices()
+        # Ask every worker at once so the drain takes one grace period, not one per device.
+        for dev in devs:
+            if dev.rings is not None:
+                dev.rings.request_stop(self._send_stop)
+        for dev in devs:
+            dev.shutdown()
+        try:
+            self.discovery.stop()
+        except XenStoreError:
+            pass
+        self.release_libxl_node()
+        log.info("stopped: %d device(s) closed", len(devs))
+
+    def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.server[0].shutdown()
+        self.control.close()
+        for s, ep in ((self.workers, self.cfg.workers), (self.pub, self.cfg.metrics)):
+            s.close(0)
+            path = ep[len("ipc://"):] if ep.startswith("ipc://") else None
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        signal.set_wakeup_fd(-1)
+        os.close(self.sig_r)
+        os.close(self.sig_w)
+
+    # -- commands (control_server.Daemon) -------------------------------------------------
+
+    def device_status(self) -> list[dict]:
+        snap = self.metrics.snapshot
+        out = []
+        for dev in sorted(self.devices(), key=lambda d: (d.domid, d.devid)):
+            st = dev.status()
+            dm = snap["devices"].get(dev.name, {})
+            st["requests_per_s"] = dm.get("requests_per_s", 0.0)
+            st["mb_per_s"] = dm.get("mb_per_s", 0.0)
+            for r in st["rings"]:
+                rm = snap["rings"].get(r["name"], {})
+                r["requests_per_s"] = rm.get("requests_per_s", 0.0)
+                r["mb_per_s"] = rm.get("mb_per_s", 0.0)
+                r["cpu_percent"] = rm.get("cpu_percent", 0.0)
+                r["rss_bytes"] = rm.get("rss_bytes", 0)
+            out.append(st)
+        return out
+
+    def status(self) -> dict:
+        devs = self.device_status()
+        return {"daemon": {"pid": os.getpid(), "version": version(), "platform": self.platform_name,
+                           "self_domid": self.self_domid, "kinds": list(self.cfg.kinds),
+                           "uptime": round(time.time() - self.started, 3), "cpus": list(self.cpus.cpus),
+                           "devices": len(devs), "rings": sum(len(d["rings"]) for d in devs),
+                           "log_level": logging.getLevelName(log.level).lower()},
+                "devices": devs}
+
+    def metrics_snapshot(self) -> dict:
+        return self.metrics.snapshot
+
+    def _device(self, name: str) -> Device:
+        for dev in self.devices():
+            if dev.name == name:
+                return dev
+        raise CommandError("no-such-device", f"no device {name!r} (see 'xen9pctl devices')")
+
+    def detach(self, name: str) -> dict:
+        dev = self._device(name)
+        dev.fail_reason = None
+        log.info("%s: detach requested by the operator", dev.name)
+        dev.feed(Event.BACKEND_OFFLINE)
+        return {"device": dev.name, "state": str(dev.state)}
+
+    def restart_ring(self, name: str) -> dict:
+        dev = self._device(name.rpartition("/")[0])
+        r = dev.rings.by_name(name) if dev.rings else None
+        if r is None:
+            raise CommandError("no-such-ring", f"no running ring {name!r}")
+        log.info("%s: restart requested by the operator", name)
+        dev.rings.restart_ring(r, self._send_stop)
+        return {"ring": name, "pid": r.pid, "cpu": r.cpu}
+
+    def set_log_level(self, level: str) -> dict:
+        level = level.lower()
+        if level not in configmod.LOG_LEVELS:
+            raise CommandError("bad-args", f"level must be one of {', '.join(configmod.LOG_LEVELS)}")
+        log.setLevel(level.upper())
+        for dev in self.devices():
+            for r in (dev.rings.rings if dev.rings else []):
+                self._send_log_level(r, level)
+        log.info("log level now %s", level)
+        return {"level": level}
+
+    def reload(self) -> dict:
+        if self.reload_config is None:
+            raise CommandError("unsupported", "no configuration source to reload from")
+        try:
+            new = self.reload_config()
+        except ConfigError as e:
+            log.error("reload refused, keeping the old configuration: bad config: %s", e)
+            raise CommandError("bad-config", str(e)) from None
+        fixed = [k for k in ("platform", "sim_dir", "control", "metrics", "workers", "prometheus")
+                 if getattr(new, k) != getattr(self.cfg, k)]
+        if fixed:
+            log.warning("reload: %s change only on restart", ", ".join(fixed))
+        changed = [o.name for o in configmod.OPTIONS if getattr(new, o.name) != getattr(self.cfg, o.name)
+                   and o.name not in fixed]
+        keep = {k: getattr(self.cfg, k) for k in fixed}
+        self.cfg = configmod.with_changes(new, **keep)
+        self.ctx.cfg = self.cfg
+        self.launcher.worker_cmd = self.cfg.worker_cmd
+        self.cpus.set_cpus(self.cfg.usable_cpus())
+        log.setLevel(self.cfg.log_level.upper())
+        self.discovery.set_kinds(self.cfg.kinds)
+        self.discovery.rescan()
+        log.info("configuration reloaded (%s)", ", ".join(changed) or "no changes")
+        return {"changed": changed, "need_restart": fixed}
+
+    def attach(self, args: dict) -> dict:
+        from . import toolstack
+        try:
+            domid = int(args["domid"])
+            kw = dict(backend_domid=self.self_domid, domid=domid, devid=int(args.get("devid", 0)),
+                      kind=str(args.get("kind", "xen_9pfs")), path=str(args["path"]), tag=str(args["tag"]),
+                      security_model=str(args.get("security_model", "none")), limits=args.get("limits") or {})
+        except (KeyError, TypeError, ValueError) as e:
+            raise CommandError("bad-args", f"attach needs domid, path and tag: {e}") from None
+        try:
+            be, fe = toolstack.attach(self.xs, **kw)
+        except (toolstack.ToolstackError, XenStoreError) as e:
+            raise CommandError("attach-failed", str(e)) from None
+        self.discovery.rescan()
+        return {"backend": be, "frontend": fe}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _control_answers(zctx: zmq.Context, endpoint: str, timeout: float = 0.5) -> bool:
+    """Is a daemon already serving this control endpoint? (so we never steal a live one's socket)"""
+    path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+    if path is not None and not os.path.exists(path):
+        return False
+    s = zctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        s.connect(endpoint)
+        s.send(control.dumps(control.request("ping")))
+        return bool(s.poll(int(timeout * 1000)))
+    except zmq.ZMQError:
+        return False
+    finally:
+        s.close(0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="xen9pd", description="Xen 9pfs backend supervisor: one worker process per ring.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 69 xenstore or control unavailable, 78 bad configuration. "
+               f"Every option can also be set in the environment as {configmod.ENV_PREFIX}<NAME>.")
+    ap.add_argument("--version", action="version", version=f"xen9pd {version()}")
+    configmod.add_arguments(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    try:
+        ns = ap.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        cfg = configmod.load(ns)
+    except ConfigError as e:
+        print(f"xen9pd: bad config: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(cfg.log_level)
+    try:
+        platform = open_platform(cfg.platform, cfg.sim_dir)
+        xs = platform.xenstore()
+    except (Xen9pError, OSError, ValueError, ImportError) as e:
+        print(f"xen9pd: cannot reach xenstore ({cfg.platform}): {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        factory = make_factory(cfg.device_state)
+    except Xen9pError as e:
+        print(f"xen9pd: bad config: device_state: {e}", file=sys.stderr)
+        xs.close()
+        return EXIT_CONFIG
+    zctx = zmq.Context()
+    sup = None
+    try:
+        if _control_answers(zctx, cfg.control):
+            print(f"xen9pd: another xen9pd already answers on {cfg.control}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        try:
+            sup = Supervisor(cfg, xs, platform.self_domid, zctx, factory, Notifier(),
+                             reload_config=lambda: configmod.load(ns), platform_name=platform.name)
+        except (zmq.ZMQError, OSError) as e:
+            print(f"xen9pd: cannot bind control/metrics/worker sockets: {e}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        sup.install_signals()
+        try:
+            sup.start()
+        except (StartupError, XenStoreError) as e:
+            print(f"xen9pd: cannot start: {e}", file=sys.stderr)
+            sup.shutdown()
+            return EXIT_UNAVAILABLE
+        return sup.run()
+    finally:
+        if sup is not None:
+            sup.close()
+        xs.close()
+        zctx.term()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
