@@ -64,13 +64,23 @@ class Server:
             self._space = (now, self.backend.disk_usage())
         return self._space[1]
 
-    def session(self, fids: FidTable | None = None) -> "Session":
+    def session(self, fids: FidTable | None = None, locks: LockTable | None = None,
+                state=None) -> "Session":
+        """A new session; a ring worker passes the device's shared fids, locks and state."""
         if fids is None:
             fids = self.fid_table_factory(self.limits.max_fids or (1 << 20))
-        return Session(self, fids)
+        return Session(self, fids, locks or self.locks, state or SessionState())
 
     def close(self) -> None:
         self.pool.close()
+
+
+class SessionState:
+    """What Tversion negotiates; a shared-memory object with the same attributes may replace it."""
+
+    def __init__(self) -> None:
+        self.msize = 0  # 0: no Tversion yet
+        self.version = ""
 
 
 class Request:
@@ -86,13 +96,13 @@ class Request:
 class Session:
     """One 9P session: its fids, negotiated msize and in-flight tags."""
 
-    def __init__(self, server: Server, fids: FidTable) -> None:
+    def __init__(self, server: Server, fids: FidTable, locks: LockTable, state) -> None:
         self.server = server
         self.backend = server.backend
-        self.locks = server.locks
+        self.locks = locks
         self.fids = fids
+        self.state = state
         self.fds = FdCache(server.fd_cache_size)
-        self.msize = 8192  # until Tversion says otherwise
         self.lock_keys: dict[int, tuple] = {}  # fid -> lock-table key of files it locked through
         self._mu = threading.Lock()
         self._inflight: dict[int, Request] = {}
@@ -152,6 +162,39 @@ class Session:
 
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def msize(self) -> int:
+        return self.state.msize or 8192  # before Tversion: enough for Tversion/Rlerror
+
+    def cancel(self, tag: int) -> bool:
+        """Withdraw a request of this process that waits (a blocked Tlock) or has not started.
+
+        True if it will never be answered. For transports that answer Tflush themselves.
+        """
+        with self._mu:
+            req = self._inflight.get(tag)
+            if req is None:
+                return False
+            if req.state == _QUEUED or (req.state == _RUNNING and req.cancel is not None and req.cancel()):
+                req.state = _DROPPED
+                del self._inflight[tag]
+                return True
+            return False
+
+    def drop_stale_fds(self) -> int:
+        """Close this process's fds of fids that are gone (clunked or reset on another ring)."""
+        n = 0
+        for key in self.fds.keys():
+            fid, gen = key[0], key[1]
+            try:
+                alive = self.fids.get(fid).generation == gen
+            except OSError:
+                alive = False
+            if not alive:
+                self.fds.drop(key)
+                n += 1
+        return n
 
     # -- internals ------------------------------------------------------------
 

@@ -101,6 +101,9 @@ class FdCache:
         for key in list(self._d):
             self.drop(key)
 
+    def keys(self) -> list:
+        return list(self._d)
+
     def __len__(self) -> int:
         return len(self._d)
 

@@ -82,9 +82,10 @@ def t_version(s, m, req):
     if m.msize < C.MIN_MSIZE:
         raise OSError(errno.EINVAL, "msize below 4096")
     s.reset()
-    s.msize = min(m.msize, s.server.msize_cap)
     version = C.VERSION_9P2000L if m.version.startswith(C.VERSION_9P2000L) else "unknown"
-    return M.Rversion(m.tag, s.msize, version)
+    msize = min(m.msize, s.server.msize_cap)
+    s.state.msize, s.state.version = msize, version
+    return M.Rversion(m.tag, msize, version)
 
 
 def t_auth(s, m, req):
@@ -230,7 +231,7 @@ def t_readlink(s, m, req):
     e = _path_entry(s, m.fid)
     slot = path_slot(s, m.fid, e)
     try:
-        return M.Rreadlink(m.tag, os.fsdecode(s.backend.readlink(slot.fd)))
+        return M.Rreadlink(m.tag, os.fsdecode(s.backend.readlink(slot.fd, e.path)))
     finally:
         s.fds.release(slot)
 

@@ -183,8 +183,9 @@ class LocalBackend:
             raise OSError(errno.EINVAL, "NUL in symlink target")
         self.model.symlink(dirfd, self.check_new_name(name), target, uid, gid)
 
-    def readlink(self, pfd: int) -> bytes:
-        return self.model.readlink(pfd, os.fstat(pfd))
+    def readlink(self, pfd: int, rel: bytes) -> bytes:
+        st, mode, _, _, _ = self.attr(pfd, rel)
+        return self.model.readlink(pfd, st, mode)
 
     def link(self, target_pfd: int, dirfd: int, name: bytes) -> None:
         st = os.fstat(target_pfd)
@@ -235,9 +236,11 @@ class LocalBackend:
                     continue
                 if len(out) + 24 + len(name) > count:
                     return bytes(out)
-                if mapped:
-                    dtype = 0  # DT_UNKNOWN: the host type may be a stand-in (QEMU does the same)
-                pack_dirent(out, Qid(_DT_QTYPE.get(dtype, C.QTFILE), 0, qpath(dev, ino)), doff, dtype, name)
+                qtype = _DT_QTYPE.get(dtype, C.QTFILE)
+                if mapped and dtype != 4:
+                    # A host file may stand in for a symlink or device: let the client ask.
+                    dtype, qtype = 0, C.QTFILE
+                pack_dirent(out, Qid(qtype, 0, qpath(dev, ino)), doff, dtype, name)
                 offset = doff
 
     def disk_usage(self) -> int:

@@ -96,7 +96,7 @@ class Passthrough:
                 _remove_quietly(dirfd, name, False)
                 raise
 
-    def readlink(self, pfd: int, st) -> bytes:
+    def readlink(self, pfd: int, st, mode: int) -> bytes:
         if not stat.S_ISLNK(st.st_mode):
             raise OSError(errno.EINVAL, "not a symlink")
         return os.fsencode(os.readlink("", dir_fd=pfd))
@@ -190,10 +190,10 @@ class _Mapped(Passthrough):
             os.close(fd)
         self._create_meta(dirfd, name, {"uid": uid, "gid": gid, "mode": stat.S_IFLNK | 0o777}, False)
 
-    def readlink(self, pfd, st):
+    def readlink(self, pfd, st, mode: int):
         if stat.S_ISLNK(st.st_mode):  # a real host symlink someone else made
             return os.fsencode(os.readlink("", dir_fd=pfd))
-        if not stat.S_ISREG(st.st_mode):
+        if not (stat.S_ISREG(st.st_mode) and stat.S_ISLNK(mode)):
             raise OSError(errno.EINVAL, "not a symlink")
         fd = H.reopen(pfd, os.O_RDONLY, st)
         try:
@@ -203,7 +203,7 @@ class _Mapped(Passthrough):
 
     def set_mode(self, pfd, where, st, mode):
         cur = self.load(pfd, where).get("mode", st.st_mode)
-        self.store(pfd, where, {"mode": (cur & stat.S_IFMT) | (mode & 0o7777)})
+        self.store(pfd, where, {"mode": stat.S_IFMT(cur) | (mode & 0o7777)})
 
     def set_owner(self, pfd, where, st, uid, gid):
         vals = {}

@@ -1,0 +1,11 @@
+"""Entry point of `python -m xen9p_worker`: the socket mode in cli.main(), the ring mode in ring_main."""
+import sys
+
+if len(sys.argv) > 1 and sys.argv[1] == "ring":
+    from .ring_main import main as ring_main
+
+    sys.exit(ring_main(sys.argv[2:]))
+
+from .cli import main
+
+sys.exit(main())
