@@ -30,3 +30,8 @@ def is_dir(mode: int) -> bool:
 
 def names_of(fid) -> set[str]:
     return set(fid.listdir())
+
+
+def ident(qid) -> tuple[int, int]:
+    """A qid's identity: type and path (version follows mtime, which other tests change)."""
+    return (qid.type, qid.path)
