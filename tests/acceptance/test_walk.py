@@ -154,7 +154,10 @@ def test_rename_a_symlink_escape(env):
                 fd.walk("l")
             with pytest.raises(P9Error):
                 fl.walk("outside")
-            assert fl.readlink() == ".."
+            try:  # a path-based server may have lost the moved link; it must never misread it
+                assert fl.readlink() == ".."
+            except P9Error as e:
+                assert e.errno == errno.ENOENT
         assert not _outside_reachable(env, [moved, "outside", "SECRET"])
         with env.top.walk([moved]) as ml:
             assert ml.qid.type == c.QTSYMLINK
