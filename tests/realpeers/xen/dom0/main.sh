@@ -1,0 +1,156 @@
+#!/bin/sh
+# Runs in the lab dom0 from the read-only checkout (/src); writes everything to /results.
+# Stages: info + xenstore before, platform tests, xenstore exercise, domU cases, xenstore after.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export PYTHONPATH=/src:/opt/xen9p-site PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+H=/src/tests/realpeers/xen; R=/results; mkdir -p $R
+up() { cut -d' ' -f1 /proc/uptime; }
+since() { awk "BEGIN{printf \"%.1f\", $(up)-$1}"; }
+log() { echo "LAB[$(up)] $*"; echo "$(up) $*" >> $R/timeline.txt; }
+# check NAME PASS|FAIL DETAIL: one line per verdict; the host's summary reads checks.tsv.
+check() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> $R/checks.tsv; echo "CHECK $2 $1 $3"; }
+timing() { printf '%s\t%s\n' "$1" "$2" >> $R/timings.tsv; }
+CASES=$(cat $R/cases 2>/dev/null || echo "platform qemu_xen9p xen9p_9pfs")
+DOMU_KERNEL=$R/domu/vmlinuz; DOMU_INITRD=$R/domu/initrd.cpio.gz
+log "main.sh start cases=[$CASES] python=$(python3 -V 2>&1)"
+
+# Heartbeat while a step runs, so the host can tell slow from stalled.
+heartbeat() { while :; do sleep 20; log "  heartbeat: $(xl list 2>/dev/null | awk 'NR>1{printf "%s:%s ", $1, $5}')"; done; }
+heartbeat & HB=$!
+
+{ echo "== xl info"; xl info; echo "== versions"; dpkg -l | awk '/xen|qemu|python3 |pyxs|fio/{print $2, $3}'
+  echo "== wheels"; ls /opt/xen9p-site; echo "== /dev/xen"; ls -l /dev/xen; uname -a; } > $R/dom0-info.txt 2>&1
+xenstore-ls -f > $R/xenstore-before.txt 2>&1
+python3 $H/dom0/xs_watch.py /local/domain /libxl @introduceDomain @releaseDomain > $R/xenstore-watch.log 2>&1 &
+WATCH=$!
+
+stage_platform() {
+    local t0=$(up)
+    ( cd /src && timeout 300 python3 -m pytest -p no:cacheprovider -v -rA \
+        --junitxml=$R/pytest-realxen.xml tests/realpeers/test_real_xen_devices.py ) > $R/pytest-realxen.txt 2>&1
+    local rc=$?
+    grep -E '(PASSED|FAILED|ERROR|SKIPPED)' $R/pytest-realxen.txt | grep '::' | sed 's/ *\[.*//' | sort -u |
+        while read -r name verdict rest; do
+            case $verdict in PASSED) v=PASS;; *) v=FAIL;; esac  # a skip in dom0 means the lab is broken
+            check "platform:${name##*::}" $v "$verdict $rest"
+        done
+    [ $rc = 0 ] || check platform:pytest FAIL "rc=$rc (see pytest-realxen.txt)"
+    timing platform_pytest_s $(since $t0)
+    t0=$(up)
+    timeout 120 python3 $H/dom0/xs_exercise.py > $R/xs-exercise.txt 2>&1; rc=$?
+    grep -E '^(PASS|FAIL) ' $R/xs-exercise.txt | while read -r v name rest; do check "xenstore:$name" $v "$rest"; done
+    [ $rc = 0 ] || check xenstore:exercise FAIL "rc=$rc (see xs-exercise.txt)"
+    timing xenstore_exercise_s $(since $t0)
+}
+
+XEN9PD=""
+start_xen9pd() {  # KINDS NAME
+    mkdir -p /run/xen9p
+    python3 -m xen9p_supervisor.xen9pd --platform xen --kinds "$1" --log-level debug > $R/$2-xen9pd.log 2>&1 &
+    XEN9PD=$!
+    local end=$(( $(date +%s) + 30 ))
+    while [ $(date +%s) -lt $end ]; do
+        timeout 5 python3 -m xen9p_supervisor.xen9pctl ping > /dev/null 2>&1 && { log "xen9pd up (pid $XEN9PD, kinds $1)"; return 0; }
+        kill -0 $XEN9PD 2>/dev/null || break; sleep 0.5
+    done
+    log "xen9pd did not answer ping: $(tail -3 $R/$2-xen9pd.log | tr '\n' ' ')"; check "$2:xen9pd-start" FAIL "no ping in 30s"
+    return 1
+}
+stop_xen9pd() {
+    [ -n "$XEN9PD" ] || return 0
+    kill -TERM $XEN9PD 2>/dev/null
+    local end=$(( $(date +%s) + 15 ))
+    while kill -0 $XEN9PD 2>/dev/null && [ $(date +%s) -lt $end ]; do sleep 0.3; done
+    kill -0 $XEN9PD 2>/dev/null && { check xen9pd:stop FAIL "still alive 15s after SIGTERM"; kill -KILL $XEN9PD; }
+    wait $XEN9PD 2>/dev/null; log "xen9pd stopped rc=$?"; XEN9PD=""
+}
+
+wait_console() {  # NAME PATTERN SECONDS (wall clock)
+    local f=/var/log/xen/console/guest-$1.log end=$(( $(date +%s) + $3 ))
+    while [ $(date +%s) -lt $end ]; do grep -q "$2" $f 2>/dev/null && return 0; sleep 0.5; done
+    return 1
+}
+wait_gone() { local end=$(( $(date +%s) + $2 )); while xl domid $1 >/dev/null 2>&1 && [ $(date +%s) -lt $end ]; do sleep 0.5; done; }
+
+# run_domu NAME TAGS P9LINE ATTACH...   ATTACH = kind:devid:tag:path (written by xen9pctl attach)
+run_domu() {
+    local N=$1 TAGS=$2 P9=$3 spec t0 t1 id rc; shift 3
+    log "== domU $N tags=$TAGS p9=[${P9:-none}] attach=[$*]"
+    { echo "name = \"$N\""; echo 'type = "pv"'; echo "kernel = \"$DOMU_KERNEL\""
+      echo "ramdisk = \"$DOMU_INITRD\""; echo "extra = \"console=hvc0 loglevel=4 p9tag=$TAGS\""
+      echo 'memory = 384'; echo 'vcpus = 1'; echo 'on_poweroff = "destroy"'; echo 'on_crash = "destroy"'
+      [ -n "$P9" ] && echo "p9 = [ $P9 ]"; } > $R/$N.cfg
+    t0=$(up)
+    timeout 120 xl create -p $R/$N.cfg > $R/$N-xl-create.log 2>&1; rc=$?
+    id=$(xl domid $N 2>/dev/null)
+    timing ${N}_xl_create_s $(since $t0); log "xl create -p rc=$rc domid=$id in $(since $t0)s"
+    [ -n "$id" ] || { check $N:create FAIL "xl create rc=$rc"; return; }
+    for spec in "$@"; do
+        IFS=: read -r kind devid tag path <<EOS
+$spec
+EOS
+        mkdir -p $path; echo "hello $tag" > $path/hello.txt
+        if timeout 30 python3 -m xen9p_supervisor.xen9pctl attach --domid $id --devid $devid --kind $kind \
+                --path $path --tag $tag --security-model none > $R/$N-attach-$devid.log 2>&1; then
+            check $N:attach-$kind PASS "dev$devid tag=$tag"
+        else
+            check $N:attach-$kind FAIL "$(tail -1 $R/$N-attach-$devid.log)"
+        fi
+    done
+    xenstore-ls -f > $R/$N-xenstore-paused.txt 2>&1
+    t1=$(up); timeout 60 xl unpause $N; log "xl unpause rc=$?"
+    if wait_console $N "P9T DONE" 900; then log "domU $N finished in $(since $t1)s"
+    else check $N:finished FAIL "no P9T DONE within 900s"; xenstore-ls -f > $R/$N-xenstore-stuck.txt 2>&1
+         timeout 30 python3 -m xen9p_supervisor.xen9pctl --json status > $R/$N-xen9pctl-stuck.json 2>&1; fi
+    timing ${N}_run_s $(since $t1)
+    [ -n "$XEN9PD" ] && timeout 30 python3 -m xen9p_supervisor.xen9pctl --json status > $R/$N-xen9pctl-status.json 2>&1
+    wait_gone $N 60; xl destroy $N 2>/dev/null
+    timing ${N}_total_s $(since $t0)
+    cp /var/log/xen/console/guest-$N.log $R/$N-console.log 2>/dev/null
+    cp /var/log/xen/qemu-dm-$N.log $R/$N-qemu-dm.log 2>/dev/null
+    xenstore-ls -f > $R/$N-xenstore-after.txt 2>&1
+    # The domU's verdicts, and dom0's own look at what the guest left behind.
+    tr -d '\r' < $R/$N-console.log | grep -E '^CHECK (PASS|FAIL) ' | while read -r _ v name rest; do check "$N:$name" $v "$rest"; done
+    tr -d '\r' < $R/$N-console.log | grep -E '^TIME ' | while read -r _ k v; do timing "${N}_$k" "$v"; done
+    for spec in "$@"; do
+        IFS=: read -r kind devid tag path <<EOS
+$spec
+EOS
+        local want=$(tr -d '\r' < $R/$N-console.log | sed -n "s/^SUM $tag big.bin //p")
+        local got=$(md5sum $path/big.bin 2>/dev/null | cut -d' ' -f1)
+        [ -n "$want" ] && [ "$want" = "$got" ] && check $N:$tag:dom0-sees-data PASS "md5 $got" \
+            || check $N:$tag:dom0-sees-data FAIL "guest md5=$want dom0 md5=$got"
+    done
+}
+
+stage_qemu_xen9p() {  # one domU: a QEMU-served tag and an xen9p-served xen_9pfs tag, same workload on each
+    mkdir -p /srv/qemu; echo "hello qemu" > /srv/qemu/hello.txt
+    # xen9pd must not also claim backend/9pfs/<domid>/0, which QEMU serves here.
+    start_xen9pd xen_9pfs qemu_xen9p || return
+    run_domu qemu_xen9p qemu,xen9p "'tag=qemu,security_model=none,path=/srv/qemu'" xen_9pfs:1:xen9p:/srv/xen9p
+    stop_xen9pd
+    local got=$(md5sum /srv/qemu/big.bin 2>/dev/null | cut -d' ' -f1)
+    local want=$(tr -d '\r' < $R/qemu_xen9p-console.log | sed -n "s/^SUM qemu big.bin //p")
+    [ -n "$want" ] && [ "$want" = "$got" ] && check qemu_xen9p:qemu:dom0-sees-data PASS "md5 $got" \
+        || check qemu_xen9p:qemu:dom0-sees-data FAIL "guest md5=$want dom0 md5=$got"
+}
+
+stage_xen9p_9pfs() {  # the QEMU kind served by xen9p; no p9 line, so libxl starts no QEMU for this domU
+    start_xen9pd "9pfs xen_9pfs" xen9p_9pfs || return
+    run_domu xen9p_9pfs xen9p 9pfs:0:xen9p:/srv/xen9p9
+    stop_xen9pd
+}
+
+stage_xen9p_only() {  # the reduced CI case: one domU, one kind
+    start_xen9pd xen_9pfs xen9p_only || return
+    run_domu xen9p_only xen9p "" xen_9pfs:0:xen9p:/srv/xen9p1
+    stop_xen9pd
+}
+
+for c in $CASES; do
+    t=$(up); log "=== stage $c"; stage_$c; timing stage_${c}_s $(since $t)
+done
+xenstore-ls -f > $R/xenstore-after.txt 2>&1
+kill $WATCH $HB 2>/dev/null
+cp /var/log/xen/*.log $R/ 2>/dev/null; dmesg > $R/dom0-dmesg.txt
+log "main.sh done"

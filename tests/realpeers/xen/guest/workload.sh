@@ -1,0 +1,91 @@
+#!/bin/sh
+# The domU's verified workload, run by the domU init for each tag in p9tag=a,b on the kernel
+# command line: mount -t 9p -o trans=xen, checks as 'CHECK PASS|FAIL tag:name detail', timings as 'TIME k s'.
+export PATH=/bin:/usr/bin
+up() { cut -d' ' -f1 /proc/uptime; }
+el() { awk "BEGIN{printf \"%.2f\", $(up)-$1}"; }
+PASS=0; FAIL=0
+ok() { echo "CHECK PASS $T:$1 $2"; PASS=$((PASS+1)); }
+bad() { echo "CHECK FAIL $T:$1 $2"; FAIL=$((FAIL+1)); }
+is() { [ "$2" = "$3" ] && ok "$1" "$2" || bad "$1" "want [$3] got [$2]"; }
+TAGS=share; FIO_S=15
+for a in $(cat /proc/cmdline); do case $a in p9tag=*) TAGS=${a#p9tag=};; p9fio=*) FIO_S=${a#p9fio=};; esac; done
+TAGS=$(echo $TAGS | tr , ' '); NT=$(echo $TAGS | wc -w)
+
+# Every 9pfs device Connected before mounting (wall-clock bound).
+t0=$(up); n=0
+while [ $n -lt 600 ]; do
+    c=0; for d in /sys/bus/xen/devices/9pfs-*; do [ "$(cat $d/state 2>/dev/null)" = Connected ] && c=$((c+1)); done
+    [ $c -ge $NT ] && break; sleep 0.1; n=$((n+1))
+done
+echo "P9T DEVICES $(for d in /sys/bus/xen/devices/9pfs-*; do echo -n "$(basename $d)=$(cat $d/state 2>/dev/null) "; done)"
+echo "TIME connect_s $(el $t0)"
+
+# One 4 MiB random file, made once, written to every tag.
+dd if=/dev/urandom of=/tmp/src.bin bs=64k count=64 2>/dev/null
+SRC_SUM=$(md5sum /tmp/src.bin | cut -d' ' -f1)
+
+workload() {  # TAG MOUNTPOINT
+    T=$1; M=$2; local t0 t
+    mkdir -p $M
+    t0=$(up)
+    if ! timeout 60 mount -t 9p -o trans=xen,version=9p2000.L $T $M; then
+        bad mount "rc=$? $(dmesg | tail -3 | tr '\n' ' ')"; return
+    fi
+    ok mount "$(grep " $M " /proc/mounts | cut -d' ' -f4)"
+    echo "TIME ${T}_mount_s $(el $t0)"
+    t0=$(up)
+    is read-hello "$(cat $M/hello.txt 2>&1)" "hello $T"
+    # create + write 4 MiB with checksums, read back through the mount
+    t=$(up); cp /tmp/src.bin $M/big.bin && sync; echo "TIME ${T}_write4m_s $(el $t)"
+    echo 3 > /proc/sys/vm/drop_caches
+    t=$(up); got=$(md5sum $M/big.bin | cut -d' ' -f1); echo "TIME ${T}_read4m_s $(el $t)"
+    is write-read-4MiB "$got" "$SRC_SUM"
+    echo "SUM $T big.bin $got"
+    is size "$(stat -c %s $M/big.bin)" 4194304
+    # append and partial overwrite keep the rest of the file
+    printf 'tail' >> $M/big.bin; is append-size "$(stat -c %s $M/big.bin)" 4194308
+    truncate -s 4194304 $M/big.bin 2>/dev/null || dd if=/dev/null of=$M/big.bin bs=1 seek=4194304 2>/dev/null
+    is truncate-back "$(md5sum $M/big.bin | cut -d' ' -f1)" "$SRC_SUM"
+    # directories, rename, symlink, hard link, xattr
+    mkdir -p $M/d1/d2 && echo x > $M/d1/d2/f && ok mkdir-p "" || bad mkdir-p ""
+    mv $M/d1/d2/f $M/d1/g && is rename-file "$(cat $M/d1/g)" x
+    mv $M/d1 $M/d3 && is rename-dir "$(cat $M/d3/g 2>&1)" x
+    ln -s d3/g $M/sl && is symlink "$(readlink $M/sl):$(cat $M/sl)" "d3/g:x"
+    ln $M/d3/g $M/hl 2>/dev/null && is hardlink "$(stat -c %h $M/hl)" 2 || bad hardlink "ln failed"
+    if setfattr -n user.xen9p -v lab-value $M/d3/g 2>/tmp/xe; then
+        is xattr "$(getfattr --only-values -n user.xen9p $M/d3/g 2>&1)" lab-value
+        setfattr -x user.xen9p $M/d3/g && is xattr-remove "$(getfattr -n user.xen9p $M/d3/g 2>&1 | grep -c lab-value)" 0
+    else bad xattr "setfattr: $(cat /tmp/xe)"; fi
+    chmod 640 $M/d3/g && is chmod "$(stat -c %a $M/d3/g)" 640
+    # a directory of 1,000 files
+    t=$(up); mkdir $M/many; i=0
+    while [ $i -lt 1000 ]; do echo $i > $M/many/f$i; i=$((i+1)); done
+    echo "TIME ${T}_create1000_s $(el $t)"
+    t=$(up); is dir-1000 "$(ls $M/many | wc -l)" 1000; echo "TIME ${T}_list1000_s $(el $t)"
+    is dir-1000-content "$(cat $M/many/f999)" 999
+    # rm -r of everything we made
+    t=$(up); rm -r $M/many $M/d3 $M/sl $M/hl; echo "TIME ${T}_rm1000_s $(el $t)"
+    is rm-r "$(ls $M/many $M/d3 2>/dev/null | wc -l)" 0
+    # open-then-unlink keeps the file readable
+    echo keep > $M/ou; exec 7< $M/ou; rm $M/ou; is open-unlinked "$(cat <&7)" keep; exec 7<&-
+    # fio: sequential and random, verified, bounded in time (TCG is slow)
+    for job in "seqw write 1m 8m --verify=md5" "seqr read 1m 8m" "randw randwrite 4k 4m --verify=md5" "randr randread 4k 4m"; do
+        set -- $job
+        t=$(up)
+        if fio --name=$1 --directory=$M --rw=$2 --bs=$3 --size=$4 $5 --runtime=$FIO_S \
+               --ioengine=psync --thread --output-format=terse --terse-version=3 \
+               > /tmp/fio.out 2>/tmp/fio.err; then
+            # terse v3: field 7 read KiB/s, 8 read IOPS, 48 write KiB/s, 49 write IOPS
+            ok fio-$1 "$(awk -F';' '{printf "read=%sKiB/s,%siops write=%sKiB/s,%siops", $7, $8, $48, $49}' /tmp/fio.out)"
+            echo "TIME ${T}_fio_${1}_s $(el $t)"
+            echo "FIO $T $1 $(awk -F';' '{print $7, $8, $48, $49}' /tmp/fio.out)"
+        else bad fio-$1 "$(tail -2 /tmp/fio.err | tr '\n' ' ')"; fi
+    done
+    rm -f $M/seq[wr].* $M/rand[wr].*
+    echo "TIME ${T}_workload_s $(el $t0)"
+    umount $M && ok umount "" || bad umount "rc=$?"
+}
+
+for TAG in $TAGS; do workload $TAG /mnt/$TAG; done
+echo "P9T DONE pass=$PASS fail=$FAIL"
