@@ -52,8 +52,21 @@ class SimXenstored:
         self.proc = subprocess.Popen([sys.executable, "-m", "xen9p_common.platform.sim.xenstored",
                                       "--socket", self.sock], stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env_for_children(), cwd=ROOT)
-        wait_for(lambda: os.path.exists(self.sock) or self.proc.poll() is not None, 10, "sim xenstored socket")
+        wait_for(self._answers, 10, "sim xenstored to answer")
         assert self.proc.poll() is None, "sim xenstored died"
+
+    def _answers(self) -> bool:
+        # The socket can appear a moment before the server accepts for real (it may drop a client
+        # accepted in that window), so wait for a whole request to succeed.
+        if self.proc.poll() is not None:
+            return True
+        if not os.path.exists(self.sock):
+            return False
+        try:
+            with XsWireClient(self.sock, timeout=2) as c:
+                return c.read("/local/domain/0/domid") is not None
+        except Exception:
+            return False
 
     def client(self) -> XsWireClient:
         return XsWireClient(self.sock)

@@ -1,0 +1,144 @@
+"""xen9pd end to end on the simulated platform with the fake worker: attach, serve, detach, re-attach, teardown.
+
+Real processes (sim xenstored, xen9pd, workers); every wait polls xenstore or the control socket with a deadline.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.xen9pd_helpers import ROOT, Guest, SimXenstored, Xen9pd, env_for_children, procs_with, wait_for
+from xen9p_supervisor import toolstack
+
+
+@pytest.fixture
+def sim(tmp_path):
+    xsd = SimXenstored(str(tmp_path))
+    xs = xsd.client()
+    yield str(tmp_path), xs
+    xs.close()
+    xsd.stop()
+
+
+@pytest.fixture
+def daemon(sim):
+    tmp, xs = sim
+    d = Xen9pd(tmp, tmp)
+    yield d
+    d.stop()
+
+
+def test_attach_serve_detach_reattach(sim, daemon, tmp_path):
+    tmp, xs = sim
+    g = Guest(xs, 3).attach(tmp, tag="share3")
+    g.wait_be(2)
+    assert xs.read(g.be + "/versions") == "1"
+    assert xs.read(g.be + "/max-rings") == "8"
+    assert xs.read(g.be + "/max-ring-page-order") == "9"
+    g.connect(2)
+    dev = daemon.device("dom3/dev0")
+    assert dev["state"] == "connected" and dev["tag"] == "share3" and len(dev["rings"]) == 2
+    assert all(r["pid"] and r["state"] == "running" for r in dev["rings"])
+    assert {r["cpu"] for r in dev["rings"]} == set(daemon.status()["daemon"]["cpus"][:2])
+    # Frontend-initiated close, then a reconnect from Initialising.
+    g.close()
+    assert daemon.device("dom3/dev0")["rings"] == []
+    g.reinit()
+    g.connect(2)
+    assert daemon.device("dom3/dev0")["state"] == "connected"
+    # libxl-style detach reaches Closed well within libxl's 10 s, and the nodes go away.
+    assert toolstack.detach(xs, domid=3, timeout=10) is True
+    wait_for(lambda: daemon.device("dom3/dev0") is None, 10, "device forgotten")
+    # Re-attach the same domid/devid: a fresh handshake.
+    g.attach(tmp, tag="again")
+    g.connect(2)
+    assert daemon.device("dom3/dev0")["tag"] == "again"
+    assert "dom3/dev0: Connected" in daemon.logs()
+
+
+def test_eight_devices_at_once(sim, daemon):
+    tmp, xs = sim
+    guests = [Guest(xs, 10 + i).attach(tmp, tag=f"t{i}") for i in range(8)]
+    for g in guests:
+        g.connect(2, wait=False)
+    for g in guests:
+        g.wait_be(4)
+    st = daemon.status()
+    assert st["daemon"]["devices"] == 8 and st["daemon"]["rings"] == 16
+    pids = [r["pid"] for d in st["devices"] for r in d["rings"]]
+    assert len(set(pids)) == 16 and all(pids)
+    for g in guests[:4]:
+        assert toolstack.detach(xs, domid=g.domid, timeout=10)
+    wait_for(lambda: daemon.status()["daemon"]["devices"] == 4, 10, "4 devices left")
+    for g in guests[4:]:
+        assert g.be_state() == 4
+
+
+def test_release_domain_tears_down(sim, daemon):
+    tmp, xs = sim
+    g = Guest(xs, 4).attach(tmp)
+    g.connect(2)
+    pids = [r["pid"] for r in daemon.device("dom4/dev0")["rings"]]
+    other = Guest(xs, 5).attach(tmp)
+    other.connect(1)
+    xs.release_domain(4)
+    wait_for(lambda: daemon.device("dom4/dev0") is None, 10, "dom4 device released")
+    import psutil
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in pids), 10, "dom4 workers gone")
+    assert daemon.device("dom5/dev0")["state"] == "connected"
+    assert "dom4/dev0: released (domain_released)" in daemon.logs()
+
+
+def test_sigterm_closes_devices_and_leaves_no_process(sim):
+    tmp, xs = sim
+    d = Xen9pd(tmp, tmp)
+    guests = [Guest(xs, 20 + i).attach(tmp) for i in range(3)]
+    for g in guests:
+        g.connect(2)
+    assert len(procs_with(tmp)) >= 1 + 6  # the daemon and six workers (the sim dir is on their command lines)
+    assert d.stop(signal.SIGTERM) == 0
+    for g in guests:
+        assert g.be_state() == 6
+    assert xs.read("/local/domain/0/libxl/xen-9pfs/state") is None
+    wait_for(lambda: not [p for p in procs_with(tmp) if "xenstored" not in " ".join(p.cmdline())], 5,
+             "no xen9pd or worker process left")
+    assert "stopped: 3 device(s) closed" in d.logs()
+
+
+def test_xen9pctl_status_json_shows_every_ring(sim, daemon):
+    tmp, xs = sim
+    Guest(xs, 6).attach(tmp, tag="a").connect(2)
+    Guest(xs, 7, kind="9pfs").attach(tmp, tag="b").connect(3)
+    out = subprocess.run([sys.executable, "-m", "xen9p_supervisor.xen9pctl", "--control", daemon.control,
+                         ] and [sys.executable, "-m", "xen9p_supervisor.xen9pctl", "--control", daemon.control, "--json",
+                          "status"], capture_output=True, text=True, env=env_for_children(), cwd=ROOT, timeout=20)
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)
+    rings = {r["name"]: r for d in st["devices"] for r in d["rings"]}
+    assert set(rings) == {"dom6/dev0/ring0", "dom6/dev0/ring1", "dom7/dev0/ring0", "dom7/dev0/ring1",
+                          "dom7/dev0/ring2"}
+    import psutil
+    for r in rings.values():
+        assert psutil.pid_exists(r["pid"])
+        assert r["cpu"] in st["daemon"]["cpus"]
+        assert psutil.Process(r["pid"]).cpu_affinity() == [r["cpu"]]
+        assert psutil.Process(r["pid"]).cmdline()[0] == "xen9p " + r["name"]
+    # The table form names every device with its workers.
+    out = subprocess.run([sys.executable, "-m", "xen9p_supervisor.xen9pctl", "--control", daemon.control, "status"],
+                         capture_output=True, text=True, env=env_for_children(), cwd=ROOT, timeout=20)
+    assert out.returncode == 0 and "dom7/dev0" in out.stdout and "9pfs" in out.stdout
+
+
+def test_libxl_node_refused_when_held_by_live_daemon(sim, tmp_path):
+    tmp, xs = sim
+    xs.write("/local/domain/0/libxl/xen-9pfs/state", "running")
+    xs.write("/local/domain/0/libxl/xen-9pfs/pid", "1")  # pid 1 is alive: someone else's daemon
+    d = Xen9pd(tmp, tmp, wait_ready=False)
+    assert wait_for(lambda: d.proc.poll() is not None, 15, "xen9pd to refuse") and d.proc.returncode == 69
+    assert "held by a running daemon" in d.logs()
+    d.stop()
