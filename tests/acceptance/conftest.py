@@ -4,143 +4,23 @@ Servers: xen9p (`python -m xen9p_worker`) in each security model, and Debian's d
 """
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from xen9p_common.client import Client, Fid, SocketTransport
+from xen9p_common.client import Client, Fid
 
-DIOD = "/usr/sbin/diod"
-MODELS = ("passthrough", "none", "mapped-xattr", "mapped-file")
-SERVERS = tuple(f"xen9p-{m}" for m in MODELS) + ("diod",)
-MSIZE = 65536  # diod's cap: compare the two servers at the same msize
-START_DEADLINE = 15.0
-REPO = Path(__file__).resolve().parents[2]
+from .servers import SERVERS, Server, start_server, stop_server
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "xen9p_only(reason): needs xen9p semantics or extensions (skipped on diod)")
     config.addinivalue_line("markers", "models(*names): runs only on xen9p in these security models")
     config.addinivalue_line("markers", "diod_differs(reason): diod behaves differently here (strict xfail on diod)")
-
-
-@dataclass
-class Server:
-    kind: str  # "xen9p" or "diod"
-    model: str | None  # security model for xen9p
-    export: Path
-    socket: Path
-    proc: subprocess.Popen
-    log: Path
-    _dirs: itertools.count = field(default_factory=itertools.count)
-
-    @property
-    def name(self) -> str:
-        return f"xen9p-{self.model}" if self.kind == "xen9p" else self.kind
-
-    @property
-    def outside(self) -> Path:
-        """A directory next to the export holding SECRET: never reachable through 9P."""
-        return self.export.parent / "outside"
-
-    @property
-    def mapped(self) -> bool:
-        return self.model in ("mapped-xattr", "mapped-file")
-
-    def connect(self, msize: int = MSIZE, timeout: float = 10.0) -> Client:
-        """A new connection with Tversion done (no attach)."""
-        c = Client(SocketTransport.connect_unix(str(self.socket)), timeout=timeout, name=self.name)
-        try:
-            c.version(msize)
-        except BaseException:
-            c.close()
-            raise
-        return c
-
-    def attach(self, client: Client) -> Fid:
-        return client.attach(str(self.export), "root", 0)
-
-    def new_dir(self) -> Path:
-        """A fresh directory in the export for one test (tests share the server)."""
-        d = self.export / f"t{next(self._dirs)}"
-        d.mkdir()
-        return d
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-
-def _wait_for_socket(proc: subprocess.Popen, path: Path, log: Path) -> None:
-    deadline = time.monotonic() + START_DEADLINE
-    while time.monotonic() < deadline:
-        if path.exists():
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        time.sleep(0.02)  # polling a condition (the socket file) with a deadline
-    proc.kill()
-    raise RuntimeError(f"server did not create {path} within {START_DEADLINE} s:\n{log.read_text()}")
-
-
-def _xen9p_available() -> str | None:
-    """None if `python -m xen9p_worker` can serve a socket, else the reason it cannot."""
-    r = subprocess.run([sys.executable, "-m", "xen9p_worker", "--help"], cwd=REPO,
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0 or "--listen" not in r.stdout:
-        return "xen9p_worker has no socket transport yet (`python -m xen9p_worker --help` fails)"
-    return None
-
-
-def _start(name: str, base: Path) -> Server:
-    export = base / "export"
-    export.mkdir()
-    # A sentinel outside the export: no walk may ever reach it.
-    (base / "outside").mkdir()
-    (base / "outside" / "SECRET").write_text("outside the export\n")
-    sock = base / "9p.sock"
-    log = base / "server.log"
-    if name == "diod":
-        if not os.path.exists(DIOD):
-            pytest.skip("diod is not installed (apt-get install diod)")
-        if os.geteuid() != 0:
-            pytest.skip("diod needs root to serve attaches as uid 0")
-        cmd = [DIOD, "-f", "-n", "-c", "/dev/null", "-e", str(export), "-l", str(sock), "-L", "stderr"]
-        kind, model = "diod", None
-    else:
-        why = _xen9p_available()
-        if why:
-            pytest.skip(why)
-        model = name.removeprefix("xen9p-")
-        cmd = [sys.executable, "-m", "xen9p_worker", "--listen", f"unix:{sock}", "--export", str(export),
-               "--security-model", model]
-        kind = "xen9p"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-    _wait_for_socket(proc, sock, log)
-    return Server(kind, model, export, sock, proc, log)
-
-
-def _stop(srv: Server) -> int | None:
-    if srv.proc.poll() is None:
-        srv.proc.send_signal(signal.SIGTERM)
-        try:
-            srv.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            srv.proc.kill()
-            srv.proc.wait(timeout=10)
-    return srv.proc.returncode
 
 
 def _big_xattr_dir() -> str | None:
@@ -174,10 +54,10 @@ def host_base(tmp_path_factory):
 @pytest.fixture(scope="session", params=SERVERS)
 def server(request, host_base):
     base = Path(tempfile.mkdtemp(dir=host_base, prefix=request.param + "-"))
-    srv = _start(request.param, base)
+    srv = start_server(request.param, base)
     yield srv
     alive = srv.proc.poll() is None
-    rc = _stop(srv)
+    rc = stop_server(srv)
     if srv.kind == "xen9p":
         # The server must survive the whole suite and stop cleanly on SIGTERM.
         assert alive, f"{srv.name} died during the suite:\n{srv.log_text()[-4000:]}"
