@@ -68,6 +68,10 @@ class SessionState:
         """Bumped by every reset: each worker drops its per-process state when it moves."""
         return L.U64.unpack_from(self._buf, L.H_SESSION_EPOCH)[0]
 
+    def bump_epoch(self) -> None:
+        with self._ds.mutex:
+            L.U64.pack_into(self._buf, L.H_SESSION_EPOCH, self.epoch + 1)
+
     def reset(self, msize: int, version: str) -> list:
         """Tversion: new msize/version, every fid clunked and every lock dropped, for all rings."""
         with self._ds.mutex:

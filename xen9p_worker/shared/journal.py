@@ -23,9 +23,14 @@ REPLYING = 3    # reply being written at reply_pos: published iff the page's in_
 PUBLISHED = 4   # reply visible to the guest; the record lives until out_cons passes the request
 STATE_NAMES = {FREE: "free", STARTED: "started", DONE: "done", REPLYING: "replying", PUBLISHED: "published"}
 
-# Ring header: worker pid u32 | pad | scans u64 (drain passes completed) | kicks u64
+# Ring header: worker pid u32 | pad | scans u64 | kick request u64 | kick ack u64
+# | (64..127 counters, see device_state) | cancel mailbox: count u32 + 8 x (tag + 1) u32
 RH_PID = 0
 RH_SCANS = 8
+RH_KICK_REQ = 16
+RH_KICK_ACK = 24
+RH_CANCEL = 128
+CANCEL_SLOTS = 8
 _M32 = 0xFFFFFFFF
 
 
@@ -82,6 +87,49 @@ class RingJournal:
     def bump_scans(self) -> None:
         L.U64.pack_into(self._buf, self._base + RH_SCANS, self.scans() + 1)
 
+    # Another ring's Tflush asks this ring's worker to finish a drain pass that started
+    # after the request (kick) and to withdraw a request it may hold (cancel mailbox).
+    # Both are written under the device mutex by the asking worker.
+
+    def request_kick(self) -> int:
+        v = L.U64.unpack_from(self._buf, self._base + RH_KICK_REQ)[0] + 1
+        L.U64.pack_into(self._buf, self._base + RH_KICK_REQ, v)
+        return v
+
+    def kick_requested(self) -> int:
+        return L.U64.unpack_from(self._buf, self._base + RH_KICK_REQ)[0]
+
+    def ack_kick(self, value: int) -> None:
+        L.U64.pack_into(self._buf, self._base + RH_KICK_ACK, value)
+
+    def kick_acked(self) -> int:
+        return L.U64.unpack_from(self._buf, self._base + RH_KICK_ACK)[0]
+
+    def post_cancel(self, tag: int) -> bool:
+        off = self._base + RH_CANCEL
+        for i in range(CANCEL_SLOTS):
+            o = off + 4 + 4 * i
+            if L.U32.unpack_from(self._buf, o)[0] == 0:
+                L.U32.pack_into(self._buf, o, tag + 1)
+                L.U32.pack_into(self._buf, off, L.U32.unpack_from(self._buf, off)[0] + 1)
+                return True
+        return False
+
+    def cancels_waiting(self) -> bool:
+        return L.U32.unpack_from(self._buf, self._base + RH_CANCEL)[0] != 0
+
+    def take_cancels(self) -> list[int]:
+        off = self._base + RH_CANCEL
+        tags = []
+        for i in range(CANCEL_SLOTS):
+            o = off + 4 + 4 * i
+            v = L.U32.unpack_from(self._buf, o)[0]
+            if v:
+                tags.append(v - 1)
+                L.U32.pack_into(self._buf, o, 0)
+        L.U32.pack_into(self._buf, off, 0)
+        return tags
+
     # -- writer side (the ring's worker) ----------------------------------------------
 
     def adopt(self) -> list[Record]:
@@ -106,6 +154,12 @@ class RingJournal:
         _REC.pack_into(self._buf, off, FREE, mtype, tag, index & _M32, size, 0, 0, 0, 0, 0)
         self._buf[off] = STARTED
         return slot
+
+    def restart(self, slot: int) -> None:
+        """A successor re-runs a request it found STARTED (or not stored): back to STARTED."""
+        off = self._off(slot)
+        struct.pack_into("<H", self._buf, off + 20, 0)
+        self._buf[off] = STARTED
 
     def done(self, slot: int, reply: bytes | None) -> None:
         """The request was served; keep `reply` when it fits (it is resent, never recomputed)."""

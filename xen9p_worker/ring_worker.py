@@ -1,0 +1,615 @@
+"""The ring worker: one Xen 9pfs ring served by one process, many requests in flight, resumable after a crash.
+
+Maps the ring, binds its event channel, and loops on the event channel, a wake pipe, a kick socket and zmq.
+
+Crash-resumption protocol (the journal is per ring, in the device state, see shared/journal.py):
+
+1. out_cons advances only up to the oldest request whose reply is not yet published (or
+   that was flushed unanswered). Everything between out_cons and out_prod therefore is
+   either untaken, or taken and recorded in the journal; a successor starts at out_cons.
+2. A request is journalled STARTED (ring index, size, tag, type) before it is served.
+3. When served, a small reply (<= 480 bytes: every reply of a non-idempotent operation)
+   is stored and the record goes DONE; a successor resends it, never re-runs the operation.
+4. Before the reply's bytes become visible the record goes REPLYING with the in-ring
+   position and length of the reply; then in_prod is published, then PUBLISHED.
+   A successor compares with the page's in_prod: end of reply <= in_prod (u32 order)
+   means the guest has it, so it is never sent twice.
+5. A successor walks the ring from out_cons: a request with a journal record at its index
+   (same tag and size) is resolved from the record (skip if published, resend the stored
+   reply, else re-run it: STARTED work is either idempotent or not yet applied, except in
+   the microseconds between a host call returning and step 3 — a re-run of such a
+   non-idempotent call answers with the error the host gives, e.g. EEXIST).
+Records behind out_cons are dead and freed. Data replies (Rread, Rreaddir) are never
+stored: they are recomputed, which is harmless for reads.
+
+Threads: the loop thread takes requests (only it touches out_cons and the read cursor)
+and runs inline ops; I/O threads of the dispatcher reply from their own threads. Replies
+are written under one reply lock, in the order reserved; a Tread holds the lock from
+alloc() to its reply so preadv fills ring memory directly and nothing is published past
+an unfinished reservation. Notifications are batched: one per loop pass.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import gc
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Callable
+
+from xen9p_common import control
+from xen9p_common.errors import RingError, Xen9pError
+from xen9p_common.p9 import messages as M
+from xen9p_common.ring import BackendRing, Intf, IntfLayout, NoRoom
+
+from .device_state import DeviceState
+from .metrics import RingMetrics
+from .shared import journal as J
+
+log = logging.getLogger("xen9p.ring")
+
+_HDR = struct.Struct("<IBH")
+_M32 = 0xFFFFFFFF
+T_FLUSH = M.Tflush.TYPE
+R_VERSION = M.Rversion.TYPE
+R_LERROR = M.Rlerror.TYPE
+_ROOM_POLL = 0.002  # seconds between re-reads of in_cons while a reply waits for room
+
+
+class WorkerExit(Xen9pError):
+    """The worker must stop; `code` is its exit status."""
+
+    def __init__(self, code: int, msg: str) -> None:
+        self.code = code
+        super().__init__(msg)
+
+
+def kick_address(state_name: str, ring: int) -> bytes:
+    """Abstract datagram socket through which other rings' workers wake this one (Tflush)."""
+    return f"\0xen9p-kick-{state_name}-{ring}".encode()
+
+
+class _Pending:
+    """One request taken off the ring, until its reply is published (or it is dropped)."""
+
+    __slots__ = ("w", "index", "size", "slot", "tag", "mtype", "t0", "finished", "flushers",
+                 "segs", "held", "frame")
+
+    def __init__(self, w: "RingWorker", index: int, size: int, slot: int, tag: int, mtype: int) -> None:
+        self.w = w
+        self.index = index
+        self.size = size
+        self.slot = slot
+        self.tag = tag
+        self.mtype = mtype
+        self.t0 = time.monotonic_ns()
+        self.finished = False
+        self.flushers: list[_Pending] | None = []
+        self.segs: list | None = None
+        self.held = False
+        self.frame = None
+
+    # The dispatcher's two callbacks -------------------------------------------
+
+    def alloc(self, n: int) -> list:
+        return self.w._alloc(self, n)
+
+    def reply(self, result) -> None:
+        self.w._reply(self, result)
+
+
+class RingWorker:
+    """Serves one ring of one device until stopped, a fatal ring error, or SIGTERM.
+
+    Collaborators are passed in: `grants`/`evtchn` (platform), `device` (DeviceState),
+    `session` (dispatch.Session over the device's shared fids/locks/state), `control_sock`
+    (a zmq DEALER or None), `clock` for heartbeats.
+    """
+
+    EXIT_OK = 0
+    EXIT_ERROR = 1
+    EXIT_RING = 65  # the guest broke the ring protocol: do not restart, disconnect the device
+
+    def __init__(self, *, domid: int, devid: int, ring: int, ring_ref: int, evtchn_port: int,
+                 grants, evtchn, device: DeviceState, session, control_sock=None,
+                 max_ring_order: int = IntfLayout.MAX_RING_ORDER, heartbeat: float = 1.0,
+                 stats_every: float = 2.0, drain_timeout: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.domid, self.devid, self.ring_no = domid, devid, ring
+        self.ring_ref, self.remote_port = ring_ref, evtchn_port
+        self.name = control.ring_name(domid, devid, ring)
+        self.grants = grants
+        self.evtchn = evtchn
+        self.ds = device
+        self.session = session
+        self.ctl = control_sock
+        self.max_ring_order = max_ring_order
+        self.heartbeat = heartbeat
+        self.stats_every = stats_every
+        self.drain_timeout = drain_timeout
+        self.clock = clock
+        self.metrics = RingMetrics()
+        self.journal = device.journal(ring)
+        self.port = 0
+        self.ring: BackendRing | None = None
+        self._intf_map = self._data_map = None
+        self._reply_lock = threading.Lock()
+        self._tag_mu = threading.Lock()
+        self._order: collections.deque[_Pending] = collections.deque()
+        self._by_tag: dict[int, _Pending] = {}
+        self._resume: dict[int, J.Record] = {}
+        self._resume_in_prod = 0
+        self._need_notify = False
+        self._wake_pending = False
+        self._wake_r = self._wake_w = -1
+        self._kick: socket.socket | None = None
+        self._stopping = False
+        self._stop_reason = ""
+        self._fatal: str | None = None
+        self._session_epoch = -1
+        self._fid_epoch = -1
+        self._msize_cap = device.msize_cap or (512 * 1024 + 24)
+        self._on_loop = threading.get_ident()
+
+    # -- setup ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Claim the ring, map intf + data pages, bind the event channel, adopt the journal."""
+        if not self.ds.claim_ring(self.ring_no):
+            raise WorkerExit(self.EXIT_ERROR, f"{self.name}: another live worker holds this ring")
+        if not 0 < self.ring_ref <= _M32 or not 0 < self.remote_port <= _M32:
+            raise WorkerExit(self.EXIT_RING, f"{self.name}: ring-ref and event channel must be nonzero")
+        self._intf_map = self.grants.map(self.domid, [self.ring_ref])
+        intf_buf = self._intf_map.buf[:IntfLayout.PAGE_SIZE]
+        try:
+            order, refs = Intf(intf_buf).read_refs(self.max_ring_order)  # copied once
+        except RingError as e:
+            raise WorkerExit(self.EXIT_RING, f"{self.name}: {e}") from None
+        if any(r == 0 for r in refs):
+            raise WorkerExit(self.EXIT_RING, f"{self.name}: ring data ref 0")
+        self._data_map = self.grants.map(self.domid, list(refs))
+        self.ring = BackendRing(intf_buf, self._data_map.buf, order, self._limit())
+        self.order = order
+        self.port = self.evtchn.bind_interdomain(self.domid, self.remote_port)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._kick = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        self._kick.bind(kick_address(self.ds.name, self.ring_no))
+        self._adopt()
+        self.journal.set_pid(os.getpid())
+
+    def _limit(self) -> int:
+        return self.ds.session.msize or self._msize_cap
+
+    def _adopt(self) -> None:
+        """Read what a predecessor left in the journal (crash resumption, step 5)."""
+        ring = self.ring
+        recs = self.journal.adopt()
+        self._resume_in_prod = ring.in_prod
+        for r in recs:
+            if (r.req_index - ring.out_cons) & _M32 >= ring.size:
+                self.journal.release(r.slot)  # behind out_cons: already resolved
+            else:
+                self._resume[r.req_index] = r
+        if self._resume:
+            log.info("%s: resuming with %d requests in flight", self.name, len(self._resume))
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self) -> int:
+        import zmq
+        poller = zmq.Poller()
+        poller.register(self.evtchn.fileno(), zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._kick.fileno(), zmq.POLLIN)
+        if self.ctl is not None:
+            poller.register(self.ctl, zmq.POLLIN)
+        self._send(control.W_READY)
+        now = self.clock()
+        next_hb = now + self.heartbeat
+        next_stats = now + self.stats_every
+        drain_deadline = None
+        code = self.EXIT_OK
+        self._on_loop = threading.get_ident()
+        evt = self.evtchn
+        try:
+            while True:
+                self._pass()
+                if self._fatal is not None:
+                    raise RingError(msg=self._fatal)
+                if self._stopping:
+                    if drain_deadline is None:
+                        drain_deadline = self.clock() + self.drain_timeout
+                    if not self._order or self.clock() >= drain_deadline:
+                        break
+                now = self.clock()
+                if now >= next_hb:
+                    self._send(control.W_HEARTBEAT, ts=time.time())
+                    next_hb = now + self.heartbeat
+                if now >= next_stats:
+                    self._publish_stats()
+                    next_stats = now + self.stats_every
+                timeout = max(0.0, min(next_hb, next_stats) - self.clock())
+                if self._stopping:
+                    timeout = min(timeout, 0.01)
+                events = dict(poller.poll(int(timeout * 1000) + 1))
+                if self.ctl is not None and events.get(self.ctl):
+                    self._control()
+                if events.get(self.evtchn.fileno()):
+                    for p in evt.pending():
+                        evt.unmask(p)  # unmask first, then re-scan (the _pass at the loop top)
+                if events.get(self._kick.fileno()):
+                    try:
+                        while self._kick.recv(16):
+                            pass
+                    except BlockingIOError:
+                        pass
+        except RingError as e:
+            log.error("%s: ring protocol violation: %s", self.name, e)
+            self._send(control.W_ERROR, reason=f"ring protocol violation: {e}", fatal=True)
+            code = self.EXIT_RING
+        self._publish_stats()
+        self._send(control.W_BYE, reason=self._stop_reason or ("ring error" if code else "done"))
+        return code
+
+    def stop(self, reason: str = "stop") -> None:
+        """Stop taking requests, answer those in flight, exit (safe from a signal handler)."""
+        self._stopping = True
+        self._stop_reason = reason
+        self._wake()
+
+    def _pass(self) -> None:
+        """One loop pass: session changes, cancels, drain, advance out_cons, one notify."""
+        if self._wake_pending:
+            self._wake_pending = False
+            try:
+                while os.read(self._wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        self._refresh_session()
+        j = self.journal
+        if j.cancels_waiting():
+            with self.ds.mutex:
+                tags = j.take_cancels()
+            for tag in tags:
+                self._cancel_local(tag)
+        kick = j.kick_requested()
+        if not self._stopping:
+            self._drain()
+        if kick != j.kick_acked():
+            j.ack_kick(kick)
+        self._advance()
+        if self._need_notify:
+            self._need_notify = False
+            self.metrics.notifies += 1
+            self.evtchn.notify(self.port)
+
+    def _refresh_session(self) -> None:
+        ds = self.ds
+        ep = ds.session.epoch
+        if ep != self._session_epoch:
+            # Tversion on some ring: new msize for our size check; the old session's locks went.
+            self._session_epoch = ep
+            self.ring.max_msize = self._limit()
+            self.session.lock_keys.clear()
+        fe = ds.fids.epoch()
+        if fe != self._fid_epoch:
+            self._fid_epoch = fe
+            self.session.drop_stale_fds()
+
+    def _drain(self) -> None:
+        ring = self.ring
+        j = self.journal
+        take = ring.take_request
+        while j.free_slots():
+            r = take()
+            if r is None:
+                break
+            index, size = r
+            segs = ring.request_segments(index, size)
+            # A request over the ring's end is copied (once per lap); all others are served in place.
+            frame = segs[0] if len(segs) == 1 else bytes(segs[0]) + bytes(segs[1])
+            _, mtype, tag = _HDR.unpack_from(frame, 0)
+            self.metrics.request(size)
+            rec = self._resume.pop(index, None) if self._resume else None
+            if rec is not None:
+                if rec.tag == tag and rec.req_size == size and rec.mtype == mtype:
+                    self._resume_one(rec, index, size, tag, mtype, frame)
+                    continue
+                j.release(rec.slot)
+            slot = j.start(index, size, tag, mtype)
+            self._serve(_Pending(self, index, size, slot, tag, mtype), frame)
+        j.bump_scans()
+
+    def _serve(self, p: _Pending, frame) -> None:
+        self._order.append(p)
+        with self._tag_mu:
+            self._by_tag[p.tag] = p
+        if p.mtype == T_FLUSH:
+            self._flush(p, frame)
+            return
+        p.frame = frame
+        self.session.submit(frame, p.reply, p.alloc)
+
+    def _resume_one(self, rec: J.Record, index: int, size: int, tag: int, mtype: int, frame) -> None:
+        self.metrics.resumed += 1
+        p = _Pending(self, index, size, rec.slot, tag, mtype)
+        if rec.published_by(self._resume_in_prod):
+            # The guest has this reply already: never send it twice.
+            self.journal.published(rec.slot)
+            self._order.append(p)
+            self.metrics.dropped()
+            self._settle(p, replied=True)
+            return
+        if rec.stored and rec.state in (J.DONE, J.REPLYING):
+            self._order.append(p)
+            with self._tag_mu:
+                self._by_tag[tag] = p
+            self._reply(p, rec.stored)  # resend, do not re-run
+            return
+        self.journal.restart(rec.slot)
+        self._serve(p, frame)
+
+    def _advance(self) -> None:
+        """Move out_cons past the finished prefix, then free those journal records."""
+        order = self._order
+        if not order or not order[0].finished:
+            return
+        done = []
+        while order and order[0].finished:
+            done.append(order.popleft())
+        last = done[-1]
+        self.ring.consume_to((last.index + last.size) & _M32)
+        for p in done:
+            self.journal.release(p.slot)
+        self._need_notify = True  # the guest may be waiting for room for requests
+        if self._resume:
+            oc = self.ring.out_cons
+            for idx in [i for i in self._resume if (i - oc) & _M32 >= self.ring.size]:
+                self.journal.release(self._resume.pop(idx).slot)
+
+    # -- replies (any thread) ------------------------------------------------------
+
+    def _room(self, n: int) -> list:
+        """Segments for an n-byte reply at the reserve cursor, waiting for the guest to consume."""
+        ring = self.ring
+        while True:
+            try:
+                return ring.reply_segments(n)
+            except NoRoom:
+                if self._fatal is not None:
+                    raise RingError(msg=self._fatal)
+                time.sleep(_ROOM_POLL)  # in_cons lives in the page: re-read it shortly
+
+    def _alloc(self, p: _Pending, n: int) -> list:
+        if n > self.ring.size:
+            raise OSError(errno.EMSGSIZE, f"reply of {n} bytes exceeds the ring")
+        self._reply_lock.acquire()
+        try:
+            p.segs = self._room(n)
+        except BaseException:
+            self._reply_lock.release()
+            raise
+        p.held = True
+        return p.segs
+
+    def _reply(self, p: _Pending, result) -> None:
+        ring = self.ring
+        j = self.journal
+        try:
+            if isinstance(result, int):
+                n = result  # written in place by a Tread, reply lock held since _alloc
+                mtype = M.Rread.TYPE
+            else:
+                data = result
+                n = len(data)
+                if n > ring.size:
+                    data = M.encode(M.Rlerror(p.tag, errno.EMSGSIZE))
+                    n = len(data)
+                mtype = data[4]
+                if mtype == R_VERSION:
+                    self._version_reset()
+                if not p.held:
+                    j.done(p.slot, data)  # stored when small: resent after a crash, not re-run
+                    self._reply_lock.acquire()
+                    p.held = True
+                    p.segs = self._room(n)
+                _scatter(p.segs, data)
+            j.replying(p.slot, ring.reserved, n)
+            ring.publish_reply(n)
+        except RingError as e:
+            self._fatal = str(e)
+            self._wake()
+            return
+        finally:
+            if p.held:
+                p.held = False
+                p.segs = None
+                self._reply_lock.release()
+        j.published(p.slot)
+        self.metrics.reply(mtype, n, mtype == R_LERROR, time.monotonic_ns() - p.t0)
+        self._settle(p, replied=True)
+
+    def _settle(self, p: _Pending, replied: bool) -> None:
+        """p needs nothing more: let out_cons pass it, answer Tflushes that waited for it."""
+        p.frame = None
+        with self._tag_mu:
+            p.finished = True
+            flushers, p.flushers = p.flushers, None
+            if self._by_tag.get(p.tag) is p:
+                del self._by_tag[p.tag]
+        if not replied:
+            self.journal.published(p.slot)  # resolved without an answer: nothing to resend
+            self.metrics.dropped()
+        for f in flushers or ():
+            self._reply(f, M.encode(M.Rflush(f.tag)))
+        self._need_notify = True
+        if threading.get_ident() != self._on_loop:
+            self._wake()
+
+    def _wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"w")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _version_reset(self) -> None:
+        """Tversion resets the session of every ring: drop the device's locks, move the epoch."""
+        self.ds.locks.release_all()
+        self.ds.session.bump_epoch()
+
+    # -- Tflush --------------------------------------------------------------------
+
+    def _flush(self, p: _Pending, frame) -> None:
+        self.metrics.flushes += 1
+        try:
+            oldtag = M.decode(frame).oldtag
+        except Xen9pError:
+            self._reply(p, M.encode(M.Rlerror(p.tag, errno.EPROTO)))
+            return
+        with self._tag_mu:
+            old = self._by_tag.get(oldtag)
+            if old is not None and old is not p and not old.finished:
+                if old.mtype != T_FLUSH and self.session.cancel(oldtag):
+                    old_dropped = old
+                else:
+                    old.flushers.append(p)  # Rflush goes right after old's reply
+                    return
+            else:
+                old_dropped = None
+        if old_dropped is not None:
+            self._settle(old_dropped, replied=False)
+            self._reply(p, M.encode(M.Rflush(p.tag)))
+            return
+        if self.ds.num_rings == 1:
+            self._reply(p, M.encode(M.Rflush(p.tag)))
+            return
+        threading.Thread(target=self._remote_flush, args=(p, oldtag), daemon=True,
+                         name=f"flush-{p.tag}").start()
+
+    def _cancel_local(self, tag: int) -> None:
+        """Another ring's Tflush asks us to withdraw tag if it waits (a blocked Tlock)."""
+        with self._tag_mu:
+            old = self._by_tag.get(tag)
+            if old is None or old.finished or old.mtype == T_FLUSH or not self.session.cancel(tag):
+                return
+        self._settle(old, replied=False)
+
+    def _remote_flush(self, p: _Pending, oldtag: int, poll: float = 0.001) -> None:
+        """Wait until no other ring holds oldtag unanswered, then answer the Tflush."""
+        ds = self.ds
+        others = [r for r in range(ds.num_rings) if r != self.ring_no]
+        targets = []
+        with ds.mutex:
+            for r in others:
+                j = ds.journal(r)
+                targets.append((r, j, j.request_kick()))
+                j.post_cancel(oldtag)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            for r, _, _ in targets:
+                try:
+                    sock.sendto(b"k", socket.MSG_DONTWAIT, kick_address(ds.name, r))
+                except OSError:
+                    pass  # no live worker there; its successor will resolve its journal
+        finally:
+            sock.close()
+        # A drain pass that started after our request has taken oldtag if it was queued.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not self._stopping:
+            if all(j.kick_acked() >= want for _, j, want in targets):
+                break
+            time.sleep(poll)
+        while not self._stopping and any(j.tag_pending(oldtag) for _, j, _ in targets):
+            time.sleep(poll)
+        self._reply(p, M.encode(M.Rflush(p.tag)))
+
+    # -- control -------------------------------------------------------------------
+
+    def _send(self, mtype: str, **fields) -> None:
+        if self.ctl is None:
+            return
+        import zmq
+        try:
+            self.ctl.send(control.dumps(control.worker_msg(mtype, pid=os.getpid(), ring=self.name,
+                                                           **fields)), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the supervisor is away; heartbeats resume when it is back
+
+    def hello(self) -> None:
+        self._send(control.W_HELLO)
+
+    def _publish_stats(self) -> None:
+        self.ds.store_ring_counters(self.ring_no, self.metrics.counters())
+        self._send(control.W_STATS, metrics=self.metrics.snapshot())
+
+    def _control(self) -> None:
+        import zmq
+        while True:
+            try:
+                raw = self.ctl.recv(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            try:
+                msg = control.loads(raw)
+            except control.ControlError as e:
+                log.warning("%s: bad control message: %s", self.name, e)
+                continue
+            t = msg.get("type") or msg.get("cmd")
+            if t == control.S_STOP:
+                self.stop("supervisor asked")
+            elif t == control.S_LOG_LEVEL:
+                level = str(msg.get("level") or msg.get("args", {}).get("level", "")).upper()
+                if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+                    logging.getLogger().setLevel(level)
+
+    # -- teardown ------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.port:
+            try:
+                self.evtchn.unbind(self.port)
+            except Xen9pError:
+                pass
+            self.port = 0
+        ring, self.ring = self.ring, None
+        self._order.clear()
+        self._by_tag.clear()
+        if ring is not None:
+            # Our slices of the mappings must go first, or the mapping cannot be torn down.
+            for v in (ring.in_half, ring.out_half, ring._ibuf):
+                v.release()
+            del ring
+        gc.collect()
+        for m in (self._data_map, self._intf_map):
+            if m is not None:
+                try:
+                    m.unmap()
+                except Xen9pError as e:
+                    log.warning("%s: unmap: %s", self.name, e)
+        self._data_map = self._intf_map = None
+        if self._kick is not None:
+            self._kick.close()
+            self._kick = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+
+def _scatter(segs: list, data) -> None:
+    off = 0
+    mv = memoryview(data)
+    n = len(mv)
+    for seg in segs:
+        k = min(len(seg), n - off)
+        if k <= 0:
+            break
+        seg[:k] = mv[off:off + k]
+        off += k
