@@ -72,6 +72,7 @@ class Supervisor:
         self.platform_name = platform_name
         self.started = time.time()
         self.stopping = False
+        self.shut_down = False
         self.metrics = Metrics()
         self.launcher = Launcher(cfg.worker_cmd, platform_name, cfg.sim_dir)
         self.cpus = CpuAllocator(cfg.usable_cpus())
@@ -176,35 +177,52 @@ class Supervisor:
             deadlines += [d for d in (dev.next_deadline() for dev in self.devices()) if d is not None]
             timeout = max(0.0, min(deadlines) - now)
             poller.poll(int(timeout * 1000) + 1)
-            self._handle_signals()
-            if self.stopping:
-                break
-            self._handle_workers()
             try:
-                if self.discovery.handle_events():
-                    self.discovery.rescan()
-            except XenStoreError as e:
-                if e.errno in (errno.ECONNRESET, errno.EBADF, errno.EPIPE):
-                    log.error("lost the xenstore connection: %s", e)
-                    self.shutdown()
-                    return EXIT_UNAVAILABLE
-                log.warning("xenstore: %s", e)
-            self.control.handle_ready()
+                self._handle_signals()
+                if self.stopping:
+                    break
+                lost = self._iteration()
+            except Exception:  # a bug in one step must not kill every guest's share
+                log.exception("internal error in the main loop; carrying on")
+                continue
+            if lost:
+                self.shutdown()
+                return EXIT_UNAVAILABLE
             now = time.monotonic()
-            for dev in self.devices():
-                dev.tick()
-            self.discovery._sweep_forgotten()
             if now >= next_rescan:
-                self.discovery.rescan()
+                self._guard(self.discovery.rescan)
                 next_rescan = now + self.cfg.rescan_interval
             if now >= next_metrics:
-                self._metrics_tick()
+                self._guard(self._metrics_tick)
                 next_metrics = now + self.cfg.metrics_interval
             if next_wd is not None and now >= next_wd:
                 self.notifier.watchdog()
                 next_wd = now + wd
         self.shutdown()
         return EXIT_OK
+
+    def _guard(self, fn) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("internal error in %s; carrying on", getattr(fn, "__name__", fn))
+
+    def _iteration(self) -> bool:
+        """One pass over every input; True if the xenstore connection is lost."""
+        self._handle_workers()
+        try:
+            if self.discovery.handle_events():
+                self.discovery.rescan()
+        except XenStoreError as e:
+            if e.errno in (errno.ECONNRESET, errno.EBADF, errno.EPIPE):
+                log.error("lost the xenstore connection: %s", e)
+                return True
+            log.warning("xenstore: %s", e)
+        self.control.handle_ready()
+        for dev in self.devices():
+            dev.tick()
+        self.discovery._sweep_forgotten()
+        return False
 
     def _handle_signals(self) -> None:
         try:
@@ -216,7 +234,10 @@ class Supervisor:
                 log.info("signal %s: shutting down", signal.Signals(signum).name)
                 self.stopping = True
             elif signum == signal.SIGHUP:
-                self.reload()
+                try:
+                    self.reload()
+                except CommandError:
+                    pass  # already logged; the old configuration stays
 
     def _handle_workers(self, budget: int = 1000) -> None:
         by_name = {dev.name: dev for dev in self.devices()}
@@ -256,6 +277,9 @@ class Supervisor:
 
     def shutdown(self) -> None:
         """Every device Closed, every worker gone, sockets and nodes released."""
+        if self.shut_down:
+            return
+        self.shut_down = True
         self.notifier.stopping()
         devs = self.devices()
         # Ask every worker at once so the drain takes one grace period, not one per device.
@@ -476,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         return sup.run()
     finally:
         if sup is not None:
+            sup.shutdown()  # no-op after a clean run; after a crash it still closes devices and workers
             sup.close()
         xs.close()
         zctx.term()

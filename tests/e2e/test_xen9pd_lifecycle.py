@@ -142,3 +142,37 @@ def test_libxl_node_refused_when_held_by_live_daemon(sim, tmp_path):
     assert wait_for(lambda: d.proc.poll() is not None, 15, "xen9pd to refuse") and d.proc.returncode == 69
     assert "held by a running daemon" in d.logs()
     d.stop()
+
+
+def test_sd_notify_ready_status_stopping_and_sighup_reload(sim):
+    import socket
+    tmp, xs = sim
+    path = f"{tmp}/notify.sock"
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(path)
+    ns.settimeout(10)
+    d = Xen9pd(tmp, tmp, extra_env={"NOTIFY_SOCKET": path})
+    try:
+        first = ns.recv(4096).decode()
+        assert first.startswith("READY=1") and "STATUS=serving" in first
+        # SIGHUP: reload the file; a bad value is refused and the old config kept.
+        with open(d.config_path, "a") as f:
+            f.write('log_level = "debug"\n')
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.status()["daemon"]["log_level"] == "debug", 10, "reloaded log level")
+        with open(d.config_path, "a") as f:
+            f.write("max_rings = 0\n")
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_log("reload refused, keeping the old configuration: bad config: max_rings")
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
+    msgs = []
+    ns.settimeout(0.5)
+    try:
+        while True:
+            msgs.append(ns.recv(4096).decode())
+    except socket.timeout:
+        pass
+    ns.close()
+    assert "STOPPING=1" in msgs
