@@ -14,7 +14,7 @@ import pytest
 
 from xen9p_common.client import Client, Fid
 
-from .servers import SERVERS, Server, start_server, stop_server
+from .servers import MSIZE, SERVERS, Server, start_server, stop_server
 
 
 def pytest_configure(config):

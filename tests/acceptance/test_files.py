@@ -340,3 +340,25 @@ def test_readdir_count_too_small_for_one_entry(env):
         d.open(DIR_OPEN)
         data = env.client.rpc(m.Treaddir, d.fid, 0, 10).data
         assert len(data) == 0 or len(data) <= 10
+
+
+@pytest.mark.diod_differs("Tunlinkat answers EOPNOTSUPP (the Linux client then falls back to Tremove)")
+def test_unlinkat_direct(env):
+    (env.host / "f").write_bytes(b"")
+    (env.host / "d").mkdir()
+    env.root.unlinkat("f")
+    with raises_errno(errno.EISDIR, errno.EPERM):
+        env.root.unlinkat("d")  # a directory needs AT_REMOVEDIR
+    env.root.unlinkat("d", c.AT_REMOVEDIR)
+    assert sorted(os.listdir(env.host)) == []
+
+
+@pytest.mark.diod_differs("Trenameat answers EOPNOTSUPP (the Linux client then falls back to Trename)")
+def test_renameat_direct(env):
+    (env.host / "f").write_bytes(b"x")
+    (env.host / "d").mkdir()
+    with env.root.walk("d") as d:
+        env.root.renameat("f", d, "g")
+    assert (env.host / "d" / "g").read_bytes() == b"x"
+    with raises_errno(errno.ENOENT):
+        env.root.renameat("f", env.root, "h")

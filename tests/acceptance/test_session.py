@@ -163,3 +163,19 @@ def test_unknown_message_type_is_eopnotsupp(env):
     with raises_errno(errno.EOPNOTSUPP):
         env.client.wait(fut)
     assert env.root.getattr().qid.type == c.QTDIR
+
+
+def test_connections_are_independent_sessions(env):
+    (env.host / "one").write_bytes(b"1")
+    (env.host / "two").write_bytes(b"2")
+    c1, r1 = env.connect()
+    c2, r2 = env.connect()
+    with c1, c2:
+        # The same fid number names different files on the two connections.
+        assert r1.fid == r2.fid
+        f1 = r1.open_path("one")
+        f2 = r2.open_path("two")
+        assert f1.fid == f2.fid
+        assert f1.read() == b"1" and f2.read() == b"2"
+        c1.version(65536)  # resets connection 1 only
+        assert f2.read() == b"2"
