@@ -85,6 +85,17 @@ def test_commands_end_to_end(running):
     m = wait_for(lambda: (j := json.loads(ctl(*c, "--json", "metrics").stdout))["rings"].get(
         "dom8/dev0/ring0", {}).get("requests_total") and j, 10, "worker stats")
     assert m["devices"]["dom8/dev0"]["rings"] == 2 and "rss_bytes" in m["rings"]["dom8/dev0/ring0"]
+    import zmq
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"metrics.dom8.dev0.ring1")
+    sub.connect(f"ipc://{tmp}/metrics.sock")
+    try:
+        assert sub.poll(10000)
+        topic, body = sub.recv_multipart()
+        assert topic == b"metrics.dom8.dev0.ring1" and "requests_total" in json.loads(body)["metrics"]
+    finally:
+        sub.close(0)
     out = ctl(*c, "metrics", "--watch", "--interval", "0.1", "--count", "2")
     assert out.returncode == 0 and out.stdout.count("daemon uptime_seconds") == 2
     out = ctl(*c, "top", "--count", "1")
