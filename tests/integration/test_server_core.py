@@ -640,3 +640,72 @@ def test_qid_paths_unique_across_devices():
     assert m.path(11, 5) == a
     big = m.path(10, 1 << 60)
     assert big not in (5, a, b) and m.path(10, 1 << 60) == big and m.path(11, 1 << 60) != big
+
+
+def test_mapped_xattr_keeps_guest_acls_under_user_virtfs(tree):
+    srv, c = make(tree, "mapped-xattr")
+    (tree / "f").write_bytes(b"")
+    acl = b"\x02\x00\x00\x00\x01\x00\x06\x00\xff\xff\xff\xff"
+    try:
+        os.setxattr(tree / "f", "user.probe", b"1")
+    except OSError as e:
+        pytest.skip(f"host filesystem has no user xattrs: {e}")
+    c.ok(M.Twalk, 0, 1, ("f",))
+    c.ok(M.Txattrcreate, 1, "system.posix_acl_access", len(acl), 0)
+    c.ok(M.Twrite, 1, 0, acl)
+    c.ok(M.Tclunk, 1)
+    assert os.getxattr(tree / "f", "user.virtfs.system.posix_acl_access") == acl
+    c.ok(M.Twalk, 0, 2, ("f",))
+    size = c.ok(M.Txattrwalk, 2, 3, "").size
+    names = c.ok(M.Tread, 3, 0, size).data.tobytes().split(b"\0")
+    assert b"system.posix_acl_access" in names and not any(n.startswith(b"user.virtfs") for n in names)
+    srv.close()
+
+
+def test_session_cancel_and_drop_stale_fds(pt):
+    export, c = pt
+    (export / "f").write_bytes(b"")
+    c2 = Conn(c.s.server)
+    c2.attach()
+    _open(c, 1, "f")
+    _open(c2, 1, "f")
+    c.ok(M.Tlock, 1, C.LOCK_TYPE_WRLCK, 0, 0, 0, 1, "a")
+    q = c2.send(M.Tlock(40, 1, C.LOCK_TYPE_WRLCK, C.LOCK_FLAGS_BLOCK, 0, 0, 2, "b"))
+    assert c2.s.cancel(40) and not c2.s.cancel(40)
+    c.ok(M.Tclunk, 1)
+    assert q.empty()
+    # A fid removed behind the session's back (another ring clunked it): its fds go.
+    assert len(c2.s.fds) >= 1
+    c2.s.fids.clear()
+    assert c2.s.drop_stale_fds() >= 1 and len(c2.s.fds) == 0
+
+
+def test_socket_transport_serves_a_connection(tree):
+    from xen9p_common.p9 import FrameBuffer
+    from xen9p_worker.transport_socket import SocketTransport, parse_listen
+
+    assert parse_listen("unix:/x") == ("unix", "/x")
+    assert parse_listen("tcp:127.0.0.1:564") == ("tcp", ("127.0.0.1", 564))
+    assert parse_listen("fd:3") == ("fd", 3)
+    for bad in ("nope", "tcp:1.2.3.4", "fd:x", "unix:"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
+    (tree / "f").write_bytes(b"data")
+    srv = Server(LocalBackend(str(tree)))
+    a, b = socket.socketpair()
+    t = SocketTransport(srv, b)
+    th = threading.Thread(target=t.serve)
+    th.start()
+    msgs = [M.Tversion(M.NOTAG, 65536, "9P2000.L"), M.Tattach(1, 0, M.NOFID, "", "", 0),
+            M.Twalk(2, 0, 1, ("f",))]
+    a.sendall(b"".join(M.encode(m) for m in msgs))
+    fb, got = FrameBuffer(), []
+    a.settimeout(DEADLINE)
+    while len(got) < 3:
+        fb.feed(a.recv(65536))
+        got += [M.decode(f) for f in fb.frames()]
+    assert [type(r) for r in got] == [M.Rversion, M.Rattach, M.Rwalk]
+    a.close()  # the inherited connection ends: serve() returns
+    th.join(DEADLINE)
+    assert not th.is_alive()
+    srv.close()

@@ -275,7 +275,8 @@ class LocalBackend:
 
     def xattr_list(self, fd: int) -> bytes:
         names = [os.fsencode(n) for n in H.listxattr(fd)]
-        return b"".join(n + b"\0" for n in names if self.model.xattr_visible(n))
+        m = self.model
+        return b"".join(m.xattr_guest_name(n) + b"\0" for n in names if m.xattr_visible(n))
 
     def xattr_set(self, fd: int, name: bytes, value: bytes, flags: int) -> None:
         H.setxattr(fd, self.model.xattr_name(name, True), value, flags)

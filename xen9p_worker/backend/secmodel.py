@@ -18,6 +18,7 @@ MAPPED_DIR_MODE = 0o700
 META_DIR = b".virtfs_metadata"
 META_ROOT = b".virtfs_metadata_root"
 VIRTFS_PREFIX = b"user.virtfs."
+_ACL_PREFIX = b"system.posix_acl_"
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -125,6 +126,9 @@ class Passthrough:
 
     def xattr_visible(self, name: bytes) -> bool:
         return True
+
+    def xattr_guest_name(self, name: bytes) -> bytes:
+        return name
 
 
 class NoneModel(Passthrough):
@@ -241,10 +245,17 @@ class MappedXattr(_Mapped):
         if name.startswith(VIRTFS_PREFIX):
             # QEMU: reads see "no such attribute", writes are refused.
             raise OSError(errno.EACCES if write else errno.ENODATA, "reserved xattr")
+        if name.startswith(_ACL_PREFIX):
+            return VIRTFS_PREFIX + name  # guest ACLs live beside the metadata, as QEMU keeps them
         return name
 
     def xattr_visible(self, name):
-        return not name.startswith(VIRTFS_PREFIX)
+        return not name.startswith(VIRTFS_PREFIX) or name.startswith(VIRTFS_PREFIX + _ACL_PREFIX)
+
+    def xattr_guest_name(self, name: bytes) -> bytes:
+        if name.startswith(VIRTFS_PREFIX + _ACL_PREFIX):
+            return name[len(VIRTFS_PREFIX):]
+        return name
 
 
 class MappedFile(_Mapped):
