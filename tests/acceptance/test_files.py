@@ -362,3 +362,36 @@ def test_renameat_direct(env):
     assert (env.host / "d" / "g").read_bytes() == b"x"
     with raises_errno(errno.ENOENT):
         env.root.renameat("f", env.root, "h")
+
+
+@pytest.mark.diod_differs("qid.path is the host inode number alone, so it collides across mounts")
+def test_qid_path_unique_across_host_mounts(env):
+    """Two fresh tmpfs mounts inside the export have the same inode numbers; their qids must differ."""
+    import subprocess
+    mnts = [env.host / "m1", env.host / "m2"]
+    for p in mnts:
+        p.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "xen9p-test", str(p)], capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root and mount rights)")
+    try:
+        for p in mnts:
+            (p / "a").write_bytes(b"")
+        assert os.stat(mnts[0] / "a").st_ino == os.stat(mnts[1] / "a").st_ino  # the collision is real
+        qids = []
+        for p in mnts:
+            with env.root.walk([p.name]) as d, env.root.walk([p.name, "a"]) as f:
+                qids += [d.qid.path, f.qid.path]
+        assert len(set(qids)) == 4
+    finally:
+        for p in mnts:
+            subprocess.run(["umount", "-l", str(p)], capture_output=True)
+
+
+@pytest.mark.xen9p_only(reason="QEMU's iounit and qid.version rules; diod answers iounit 0")
+def test_iounit_and_qid_version_follow_qemu(env):
+    (env.host / "f").write_bytes(b"y" * 1234)
+    with env.root.open_path("f") as f:
+        a = f.getattr(c.GETATTR_ALL)
+        msize = env.client.msize
+        assert f.iounit == (msize - 24) // a.blksize * a.blksize
+        assert f.qid.version == (a.mtime_sec ^ (a.size << 8)) & 0xFFFFFFFF
