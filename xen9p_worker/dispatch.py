@@ -257,5 +257,13 @@ class Session:
         reply(M.encode(M.Rflush(msg.tag)))
 
     def reset(self) -> None:
-        """Tversion: forget every fid (in-flight requests finish against what they hold)."""
+        """Tversion: withdraw parked requests (never answered) and forget every fid.
+
+        Requests already running finish against what they hold.
+        """
+        with self._mu:
+            for tag, req in list(self._inflight.items()):
+                if req.cancel is not None and req.cancel():
+                    req.state = _DROPPED
+                    del self._inflight[tag]
         handlers.clunk_all(self)

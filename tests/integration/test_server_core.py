@@ -709,3 +709,19 @@ def test_socket_transport_serves_a_connection(tree):
     th.join(DEADLINE)
     assert not th.is_alive()
     srv.close()
+
+
+def test_tversion_withdraws_a_blocked_lock(pt):
+    export, c = pt
+    (export / "f").write_bytes(b"")
+    c2 = Conn(c.s.server)
+    c2.attach()
+    _open(c, 1, "f")
+    _open(c2, 1, "f")
+    c.ok(M.Tlock, 1, C.LOCK_TYPE_WRLCK, 0, 0, 0, 1, "a")
+    q = c2.send(M.Tlock(40, 1, C.LOCK_TYPE_WRLCK, C.LOCK_FLAGS_BLOCK, 0, 0, 2, "b"))
+    c2.call(M.Tversion(M.NOTAG, 65536, "9P2000.L"))
+    c.ok(M.Tclunk, 1)
+    assert q.empty()
+    st = os.stat(export / "f")
+    assert c.s.server.locks.locks((st.st_dev, st.st_ino)) == []  # no lock granted to a dead fid
