@@ -261,8 +261,13 @@ class XenstoredServer:
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> "XenstoredServer":
-        self._listener = self._listen(self.socket_path, 0)
+        # Running before listening: the accept thread closes clients that arrive while not running.
         self._running = True
+        try:
+            self._listener = self._listen(self.socket_path, 0)
+        except BaseException:
+            self._running = False
+            raise
         return self
 
     def _listen(self, path: str, domid: int) -> socket.socket:
