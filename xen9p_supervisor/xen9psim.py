@@ -54,12 +54,18 @@ def create_domain(xs: XenStore, domid: int, name: str | None = None) -> None:
     xs.transaction(tx)
 
 
-def destroy_domain(xs: XenStore, domid: int) -> None:
-    """What `xl destroy` does to xenstore: the domain's nodes go, xenstored releases it."""
+def destroy_domain(xs: XenStore, domid: int, backend_domid: int = 0) -> None:
+    """What `xl destroy` does to xenstore: device backends and the domain's nodes go, then RELEASE."""
+    base = f"/local/domain/{backend_domid}/backend"
     try:
-        xs.rm(f"/local/domain/{domid}")
+        kinds = xs.list(base)
     except XenStoreError:
-        pass
+        kinds = []
+    for path in [f"{base}/{k}/{domid}" for k in kinds] + [f"/local/domain/{domid}"]:
+        try:
+            xs.rm(path)
+        except XenStoreError:
+            pass  # never existed or already gone
     try:
         xs.release_domain(domid)  # type: ignore[attr-defined]
     except XenStoreError:

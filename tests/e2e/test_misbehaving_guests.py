@@ -1,0 +1,288 @@
+"""Hostile and broken simulated guests against a running xen9pd with real ring workers.
+
+Each knob: the bad device ends Closed with a log line naming it, a good guest keeps serving, the daemon lives.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with, wait_for
+from xen9p_common.errors import PlatformError, XenStoreError
+from xen9p_common.p9 import constants as c
+from xen9p_common.p9 import messages as m
+from xen9p_common.platform.sim.frontend import (FrontendError, Misbehave, SimFrontend, domain_socket,
+                                                flood_tflush, mount)
+from xen9p_common.platform.sim.grants import SimGrantMapper
+from xen9p_common.platform.xswire import XsWireClient
+from xen9p_common.xenbus import XenbusState
+from xen9p_supervisor import toolstack
+from xen9p_supervisor.xen9psim import attach_device, destroy_domain
+
+DEADLINE = 20.0
+
+
+@functools.lru_cache(maxsize=1)
+def ring_worker_missing() -> str | None:
+    """Why the real ring worker cannot run here (None if it can)."""
+    r = subprocess.run([sys.executable, "-m", "xen9p_worker", "ring", "--help"], capture_output=True,
+                       cwd=ROOT, env=env_for_children(), timeout=60)
+    if r.returncode != 0:
+        return "the ring worker (python -m xen9p_worker ring) has not landed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def world():
+    """One sim xenstored and one xen9pd (real workers) for the module; tests use distinct domids."""
+    why = ring_worker_missing()
+    if why:
+        pytest.skip(why)
+    d = tempfile.mkdtemp(prefix="mis", dir="/tmp")
+    xsd = SimXenstored(d)
+    daemon = Xen9pd(d, d, worker_cmd=f"{sys.executable} -m xen9p_worker", device_state="auto",
+                    heartbeat_timeout=10.0, ready_timeout=10.0, kill_grace=2.0, close_timeout=5.0)
+    xs = xsd.client()
+    yield d, xs, daemon
+    xs.close()
+    daemon.stop()
+    xsd.stop()
+    leftover = procs_with(d)
+    for p in leftover:
+        p.kill()
+    shutil.rmtree(d, ignore_errors=True)
+    assert not leftover, f"processes left behind: {[p.pid for p in leftover]}"
+
+
+class Guest:
+    """One attached device and its simulated frontend."""
+
+    def __init__(self, world, domid: int, *, tag: str = "share", model: str = "passthrough",
+                 misbehave: Misbehave | None = None) -> None:
+        self.sim_dir, self.xs, self.daemon = world
+        self.domid = domid
+        self.name = f"dom{domid}/dev0"
+        self.export = os.path.join(self.sim_dir, f"export{domid}")
+        os.makedirs(self.export, exist_ok=True)
+        self.be, self.fe_dir = attach_device(self.xs, domid=domid, path=self.export, tag=tag,
+                                             security_model=model)
+        self.fe = SimFrontend(self.sim_dir, domid, tag, misbehave=misbehave, timeout=10)
+        self.client = self.root = None
+
+    def mount(self) -> "Guest":
+        self.client, self.root = mount(self.fe)
+        return self
+
+    def be_state(self) -> XenbusState | None:
+        v = self.xs.read(self.be + "/state")
+        return XenbusState(int(v)) if v and v.isdigit() else None
+
+    def wait_closed(self) -> None:
+        wait_for(lambda: self.be_state() == XenbusState.Closed, DEADLINE, f"{self.name} backend Closed")
+
+    def works(self, name: str = "probe") -> bool:
+        """A few round trips through both rings, checked on the host."""
+        self.root.mkdir(name, 0o755)
+        with self.root.walk([name]) as d:
+            d.getattr()
+        self.root.rmdir(name)
+        return not os.path.exists(os.path.join(self.export, name))
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.fe.close()
+        try:
+            toolstack.detach(self.xs, domid=self.domid, timeout=10)
+        except Exception:  # noqa: BLE001 - already gone after a release
+            pass
+        destroy_domain(self.xs, self.domid)
+
+
+@pytest.fixture
+def good(world, request):
+    """A well-behaved guest on its own domid (unique per test) that must keep working."""
+    domid = 100 + request.node.nodeid.__hash__() % 800
+    g = Guest(world, domid, tag="good").mount()
+    assert g.works()
+    yield g
+    assert g.works("after"), "the good guest stopped working"
+    assert world[2].ping(), "xen9pd stopped answering"
+    g.close()
+
+
+def _bad(world, domid: int, **kw) -> Guest:
+    return Guest(world, domid, **kw)
+
+
+@pytest.mark.parametrize("domid,bad,reason", [
+    (11, Misbehave(version="2"), "version"),
+    (12, Misbehave(num_rings=0), "num-rings"),
+    (13, Misbehave(num_rings=9), "num-rings"),
+    (14, Misbehave(ref_zero=True), "ring-ref"),
+    (15, Misbehave(ring_order=10), "order"),
+])
+def test_bad_handshake_values_close_the_device(world, good, domid, bad, reason):
+    g = _bad(world, domid, misbehave=bad)
+    try:
+        with pytest.raises(FrontendError):
+            g.fe.connect()
+        g.wait_closed()
+        log = world[2].wait_log(f"dom{domid}/dev0")
+        lines = [ln for ln in log.splitlines() if f"dom{domid}/dev0" in ln and "WARNING" in ln.upper()]
+        assert any(reason in ln for ln in lines), lines
+    finally:
+        g.close()
+
+
+@pytest.mark.parametrize("domid,inject", [
+    (21, lambda fe: fe.inject_garbage_size(0, size=3)),
+    (22, lambda fe: fe.inject_garbage_size(1, size=0x7FFFFFF0)),
+    (23, lambda fe: fe.inject_index_beyond_ring(0)),
+])
+def test_broken_ring_closes_only_that_device(world, good, domid, inject):
+    g = _bad(world, domid).mount()
+    try:
+        assert g.works()
+        inject(g.fe)
+        g.wait_closed()
+        assert g.fe.backend_closed.wait(DEADLINE)
+        log = world[2].wait_log(f"dom{domid}/dev0: disconnecting")
+        assert "ring" in log.split(f"dom{domid}/dev0: disconnecting", 1)[1].splitlines()[0].lower()
+    finally:
+        g.close()
+
+
+def test_half_written_request_waits_and_stalls_nothing(world, good):
+    g = _bad(world, 31).mount()
+    try:
+        frame = m.encode(m.Tmkdir(0x7000, g.root.fid, "late", 0o755, 0))  # tag even: ring 0
+        complete = g.fe.inject_half_request(frame, ring=0)
+        assert good.works("while-half")
+        assert not os.path.exists(os.path.join(g.export, "late"))
+        assert g.be_state() == XenbusState.Connected
+        complete()
+        wait_for(lambda: os.path.isdir(os.path.join(g.export, "late")), DEADLINE, "the completed Tmkdir")
+        assert g.works()
+    finally:
+        g.close()
+
+
+def test_tflush_flood_is_answered(world, good):
+    g = _bad(world, 32).mount()
+    try:
+        assert flood_tflush(g.client, 3000) == 3000
+        assert g.works()
+        assert g.be_state() == XenbusState.Connected
+    finally:
+        g.close()
+
+
+def test_never_consuming_replies_blocks_only_that_device(world, good):
+    g = _bad(world, 33).mount()
+    try:
+        with g.root.create("big", c.L_O_RDWR | c.L_O_CREAT, 0o644) as f:
+            f.write(os.urandom(1 << 20), 0)
+        f = g.root.open_path(["big"], c.L_O_RDONLY)
+        tr = g.fe.transport
+        tr.never_consume = True
+        for tag in range(0x100, 0x100 + 8 * 2, 2):  # ring 0: 8 x 500 KiB replies overfill its 1 MiB
+            tr.send(m.encode(m.Tread(tag, f.fid, 0, 500 * 1024)))
+        ring = tr.rings[0]
+        wait_for(lambda: ring.fr.replies_queued() >= 500 * 1024, DEADLINE, "replies queued, unconsumed")
+        assert good.works("while-stuck")
+        # Closing must not hang on a worker that waits for room in the IN ring.
+        g.client.close()
+        g.client = None
+        g.fe.disconnect()
+        g.wait_closed()
+    finally:
+        g.close()
+
+
+def test_vanishing_guest_is_released(world, good):
+    sim_dir, xs, daemon = world
+    g = _bad(world, 34).mount()
+    try:
+        assert g.works()
+        g.fe.vanish(m.encode(m.Tgetattr(0x42, g.root.fid, c.GETATTR_BASIC)))
+        # The toolstack notices the dead domain: its nodes go and xenstored releases it.
+        destroy_domain(xs, 34)
+        wait_for(lambda: daemon.device("dom34/dev0") is None, DEADLINE, "dom34/dev0 forgotten")
+        wait_for(lambda: not [p for p in procs_with("--domid") if "34" in p.cmdline()
+                              [p.cmdline().index("--domid") + 1]], DEADLINE, "dom34 workers gone")
+    finally:
+        g.client.close()
+        g.client = None
+        try:
+            toolstack.detach(xs, domid=34, timeout=2)
+        except Exception:  # noqa: BLE001 - the nodes are gone already
+            pass
+
+
+def test_frontend_reconnects_after_closed(world):
+    g = _bad(world, 41).mount()
+    try:
+        assert g.works("one")
+        g.client.close()
+        g.fe.disconnect()
+        g.wait_closed()
+        tr = g.fe.reconnect()
+        assert g.be_state() == XenbusState.Connected
+        from xen9p_common.client import Client
+        g.client = Client(tr, name="again")
+        g.client.version(128 * 1024 + 24)
+        g.root = g.client.attach("", "root", 0)
+        assert g.works("two")
+    finally:
+        g.close()
+
+
+def test_same_tag_on_two_domains_is_kept_apart(world):
+    a = _bad(world, 51, tag="same").mount()
+    b = _bad(world, 52, tag="same", model="mapped-xattr").mount()
+    try:
+        a.root.mkdir("only-in-a", 0o755)
+        b.root.mkdir("only-in-b", 0o755)
+        assert "only-in-b" not in a.root.listdir()
+        assert "only-in-a" not in b.root.listdir()
+        assert os.path.isdir(os.path.join(a.export, "only-in-a"))
+        assert os.path.isdir(os.path.join(b.export, "only-in-b"))
+        assert not os.path.exists(os.path.join(a.export, "only-in-b"))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_guest_cannot_touch_another_guests_nodes_or_grants(world):
+    sim_dir, xs, _ = world
+    a = _bad(world, 61).mount()
+    b = _bad(world, 62).mount()
+    try:
+        with XsWireClient(domain_socket(sim_dir, 62), timeout=5) as as_b:
+            assert as_b.read(b.fe_dir + "/tag") == "share"
+            for path in (a.fe_dir + "/tag", a.fe_dir + "/ring-ref0"):
+                with pytest.raises(XenStoreError) as ei:
+                    as_b.read(path)
+                assert ei.value.errno == errno.EACCES
+            with pytest.raises(XenStoreError) as ei:
+                as_b.write(a.fe_dir + "/state", "5")
+            assert ei.value.errno == errno.EACCES
+            with pytest.raises(XenStoreError) as ei:
+                as_b.write(b.be + "/state", "4")  # its own backend dir is read-only to it
+            assert ei.value.errno == errno.EACCES
+        ref = int(xs.read(a.fe_dir + "/ring-ref0"))
+        with pytest.raises(PlatformError) as ei:
+            SimGrantMapper(sim_dir, 62).map(61, [ref])  # granted to dom0, not dom62
+        assert ei.value.errno == errno.EPERM
+        assert a.works() and b.works()
+    finally:
+        a.close()
+        b.close()
