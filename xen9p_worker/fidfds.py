@@ -1,0 +1,74 @@
+"""From a fid's plain-data entry to this process's fds, and the clunk that gives them back.
+
+Shared by every handler module; nothing here knows 9P message types.
+"""
+from __future__ import annotations
+
+import errno
+import os
+
+from xen9p_common.p9 import messages as M
+
+from .backend.hostops import reopen
+from .fdcache import ROLE_OPEN, ROLE_PATH
+from .fids import FID_DIR, FID_FILE, FID_PATH, FidEntry
+
+
+def fs(name: str) -> bytes:
+    return os.fsencode(name)
+
+
+def path_slot(s, fid: int, e: FidEntry):
+    return s.fds.acquire((fid, e.generation, ROLE_PATH), lambda: s.backend.walk(e.path))
+
+
+def open_slot(s, fid: int, e: FidEntry):
+    def reopen():
+        if e.holder_pid and e.holder_pid != s.pid and e.holder_fd >= 0:
+            # The hook for workers sharing a fid table: reach the holder's (maybe unlinked) file.
+            return os.open(f"/proc/{e.holder_pid}/fd/{e.holder_fd}", e.open_flags & ~os.O_TRUNC)
+        pfd = s.backend.walk(e.path)
+        try:
+            return reopen(pfd, e.open_flags & ~(os.O_TRUNC | os.O_CREAT | os.O_EXCL))
+        finally:
+            os.close(pfd)
+    return s.fds.acquire((fid, e.generation, ROLE_OPEN), reopen, evictable=False)
+
+
+def any_slot(s, fid: int, e: FidEntry):
+    """The open fd of an open fid (open-then-unlink keeps working), else its O_PATH fd."""
+    if e.kind == FID_FILE or e.kind == FID_DIR:
+        return open_slot(s, fid, e)
+    return path_slot(s, fid, e)
+
+
+def drop_fds(s, fid: int, e: FidEntry) -> None:
+    s.fds.drop((fid, e.generation, ROLE_PATH))
+    s.fds.drop((fid, e.generation, ROLE_OPEN))
+
+
+def path_entry(s, fid: int, kinds=(FID_PATH,)) -> FidEntry:
+    e = s.fids.get(fid)
+    if e.kind not in kinds:
+        raise OSError(errno.EINVAL, "wrong kind of fid")
+    return e
+
+
+def iounit(s) -> int:
+    bs = s.backend.blksize
+    n = (s.msize - M.IOHDRSZ) // bs * bs
+    return n or s.msize - M.IOHDRSZ
+
+
+def clunk_all(s) -> None:
+    for fid, e in s.fids.clear():
+        release(s, fid, e)
+    s.fds.clear()
+
+
+def release(s, fid: int, e: FidEntry) -> None:
+    key = s.lock_keys.pop(fid, None)
+    if key is not None:
+        s.locks.release_fid(key, fid)
+    drop_fds(s, fid, e)
+
