@@ -578,7 +578,8 @@ class Demo:
             rows.append({"guest": f"dom{g.domid}", "model": g.model, "workloads": g.workloads,
                          "ops": s.get("ops", 0), "requests": s.get("requests", 0),
                          "mib": round(s.get("bytes", 0) / (1 << 20), 1), "mb_per_s": s.get("mb_per_s", 0.0),
-                         "errors": s.get("errors", 1) if s else 1})
+                         "errors": s.get("errors", 1) if s else 1,
+                         "details": [d for w in s.get("workloads", []) for d in w["details"]]})
         if self.args.json:
             self.say(json.dumps({"guests": rows}))
             return
@@ -587,10 +588,9 @@ class Demo:
         for r in rows:
             self.say(f"{r['guest']:<6} {r['model']:<13} {r['workloads']:<30} {r['ops']:>7} {r['requests']:>8} "
                      f"{r['mib']:>8} {r['mb_per_s']:>7} {r['errors']:>6}")
-        for g in self.guests:
-            for w in (g.summary or {}).get("workloads", []):
-                for d in w["details"]:
-                    self.say(f"  ! dom{g.domid} {d}")
+        for r in rows:
+            for d in r["details"]:
+                self.say(f"  ! {r['guest']} {d}")
         self.say()
 
     def _cleanup(self, shm_before: set[str]) -> bool:
