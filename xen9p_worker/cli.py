@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 
@@ -48,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def raise_fd_limit() -> None:
+    """Open fids keep their fds until Tclunk: take the hard RLIMIT_NOFILE, not the 1024 default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def build_server(args) -> Server:
     if not os.path.isdir(args.export):
         raise UsageError(f"--export {args.export!r}: not a directory")
@@ -55,6 +66,7 @@ def build_server(args) -> Server:
         raise UsageError("--msize-cap must be at least 4120")
     if args.threads < 1:
         raise UsageError("--threads must be at least 1")
+    raise_fd_limit()
     limits = Limits(args.max_fids, args.max_open_files,
                     args.max_space * (1 << 20) if args.max_space is not None else None)
     backend = LocalBackend(args.export, args.security_model)
