@@ -11,9 +11,8 @@ import pytest
 
 from xen9p_common.client import Flushed, P9Error
 from xen9p_common.p9 import constants as c
-from xen9p_common.p9 import messages as m
 
-from .helpers import RDWR_CREATE, raises_errno
+from .helpers import raises_errno
 
 
 def _file(env, name="f", data=b""):
