@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -115,3 +117,66 @@ def test_demo_ctrl_c_leaves_nothing_behind(pieces):
     assert "interrupted" in text
     wait_for(lambda: not procs_with(sim_dir), 10, "every demo process gone")
     _assert_nothing_left(sim_dir, shm_before)
+
+
+def _run(*argv: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_walkthrough_by_hand(pieces, tmp_path):
+    """docs/walkthrough.md, command by command: xenstored, xen9pd, attach, guest, xen9pctl, detach."""
+    sim = tempfile.mkdtemp(prefix="walk", dir="/tmp")  # short: Unix socket paths are limited
+    env = dict(env_for_children(), XEN9P_SIM_DIR=sim)
+    env.pop("XEN9PD_CONTROL", None)
+    ctl = f"ipc://{sim}/control.sock"
+    procs = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "xen9p_supervisor.xen9psim", "xenstored"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env,
+                                      start_new_session=True))
+        wait_for(lambda: os.path.exists(os.path.join(sim, "xenstored.sock")), 15, "xenstored socket")
+        log = open(os.path.join(sim, "xen9pd.log"), "wb")
+        procs.append(subprocess.Popen([sys.executable, "-m", "xen9p_supervisor.xen9pd", "--platform", "sim",
+                                       "--sim-dir", sim, "--control", ctl, "--metrics", f"ipc://{sim}/metrics.sock",
+                                       "--workers", f"ipc://{sim}/workers.sock"],
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                      start_new_session=True))
+        wait_for(lambda: _run("xen9p_supervisor.xen9pctl", "--control", ctl, "ping", env=env).returncode == 0,
+                 30, "xen9pctl ping")
+        share = tmp_path / "share"
+        share.mkdir()
+        (share / "hello.txt").write_text("hello\n")
+        r = _run("xen9p_supervisor.xen9psim", "attach", "--domid", "5", "--path", str(share), "--tag", "share",
+                 "--security-model", "mapped-xattr", env=env)
+        assert r.returncode == 0, r.stderr
+        assert "/local/domain/0/backend/xen_9pfs/5/0" in r.stdout
+        r = _run("xen9p_supervisor.xen9psim", "guest", "--domid", "5", "--tag", "share", "run", "smoke,readdir",
+                 env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "0 errors" in r.stdout and "msize 131096, 2 rings of order 9" in r.stdout
+        assert (share / "hello.txt").read_text() == "hello\n"
+        r = _run("xen9p_supervisor.xen9pctl", "--control", ctl, "--json", "status", env=env)
+        assert r.returncode == 0, r.stderr
+        devs = {d["name"]: d for d in json.loads(r.stdout)["devices"]}
+        assert devs["dom5/dev0"]["tag"] == "share"
+        r = _run("xen9p_supervisor.xen9psim", "detach", "--domid", "5", env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = _run("xen9p_supervisor.xen9psim", "guest", "--domid", "5", "--tag", "share", "--timeout", "1",
+                 "run", "smoke", env=env)
+        assert r.returncode != 0  # the device is gone
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        left = procs_with(sim)
+        for p in left:
+            p.kill()
+        shutil.rmtree(sim, ignore_errors=True)
+    assert not left, f"processes left behind: {[p.pid for p in left]}"
