@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 
+import psutil
 import pytest
 
 from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with, wait_for
@@ -106,16 +108,32 @@ class Guest:
         destroy_domain(self.xs, self.domid)
 
 
+_good_domids = itertools.count(100)
+
+
 @pytest.fixture
-def good(world, request):
+def good(world):
     """A well-behaved guest on its own domid (unique per test) that must keep working."""
-    domid = 100 + request.node.nodeid.__hash__() % 800
+    domid = next(_good_domids)
     g = Guest(world, domid, tag="good").mount()
     assert g.works()
     yield g
     assert g.works("after"), "the good guest stopped working"
     assert world[2].ping(), "xen9pd stopped answering"
     g.close()
+
+
+def workers_of(domid: int) -> list[int]:
+    """Pids of ring workers serving `domid` (their command line says --domid N)."""
+    out = []
+    for p in procs_with("xen9p_worker"):
+        try:
+            argv = p.cmdline()
+        except psutil.Error:
+            continue
+        if "--domid" in argv and argv[argv.index("--domid") + 1:][:1] == [str(domid)]:
+            out.append(p.pid)
+    return out
 
 
 def _bad(world, domid: int, **kw) -> Guest:
@@ -212,12 +230,12 @@ def test_vanishing_guest_is_released(world, good):
     g = _bad(world, 34).mount()
     try:
         assert g.works()
+        assert len(workers_of(34)) == 2
         g.fe.vanish(m.encode(m.Tgetattr(0x42, g.root.fid, c.GETATTR_BASIC)))
         # The toolstack notices the dead domain: its nodes go and xenstored releases it.
         destroy_domain(xs, 34)
         wait_for(lambda: daemon.device("dom34/dev0") is None, DEADLINE, "dom34/dev0 forgotten")
-        wait_for(lambda: not [p for p in procs_with("--domid") if "34" in p.cmdline()
-                              [p.cmdline().index("--domid") + 1]], DEADLINE, "dom34 workers gone")
+        wait_for(lambda: not workers_of(34), DEADLINE, "dom34 workers gone")
     finally:
         g.client.close()
         g.client = None
