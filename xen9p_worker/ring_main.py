@@ -81,12 +81,17 @@ def main(argv=None) -> int:
             ctl.setsockopt(zmq.IDENTITY, control.ring_name(args.domid, args.devid, args.ring).encode())
             ctl.setsockopt(zmq.LINGER, 1000)
             ctl.connect(args.supervisor)
+        fault = None
+        spec = os.environ.get("XEN9P_RING_FAULT", "")  # tests only: "point:n", see RingWorker
+        if spec:
+            point, _, n = spec.partition(":")
+            fault = (point, int(n or 1))
         server = _server(args, ds)
         session = server.session(fids=ds.fids, locks=ds.locks, state=ds.session)
         worker = RingWorker(domid=args.domid, devid=args.devid, ring=args.ring, ring_ref=args.ring_ref,
                             evtchn_port=args.evtchn, grants=platform.grants(), evtchn=platform.evtchn(),
                             device=ds, session=session, control_sock=ctl,
-                            max_ring_order=args.max_ring_order, heartbeat=args.heartbeat)
+                            max_ring_order=args.max_ring_order, heartbeat=args.heartbeat, fault=fault)
         worker.hello()
         # Handlers only set a flag and write the wake pipe; the loop does the work.
         signal.signal(signal.SIGTERM, lambda *_: worker.stop("SIGTERM"))

@@ -48,6 +48,7 @@ from xen9p_common.ring import BackendRing, Intf, IntfLayout, NoRoom
 
 from .device_state import DeviceState
 from .metrics import RingMetrics
+from .ring_resume import ResumeFixup
 from .shared import journal as J
 
 log = logging.getLogger("xen9p.ring")
@@ -102,6 +103,17 @@ class _Pending:
         self.w._reply(self, result)
 
 
+class _ResumedPending(_Pending):
+    """A re-run request: its reply passes through ResumeFixup.translate."""
+
+    __slots__ = ("fix", "req")
+
+    def reply(self, result) -> None:
+        if not isinstance(result, int):
+            result = self.fix.translate(self.req, result)
+        self.w._reply(self, result)
+
+
 class RingWorker:
     """Serves one ring of one device until stopped, a fatal ring error, or SIGTERM.
 
@@ -118,7 +130,8 @@ class RingWorker:
                  grants, evtchn, device: DeviceState, session, control_sock=None,
                  max_ring_order: int = IntfLayout.MAX_RING_ORDER, heartbeat: float = 1.0,
                  stats_every: float = 2.0, drain_timeout: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 fault: tuple[str, int] | None = None) -> None:
         self.domid, self.devid, self.ring_no = domid, devid, ring
         self.ring_ref, self.remote_port = ring_ref, evtchn_port
         self.name = control.ring_name(domid, devid, ring)
@@ -154,6 +167,16 @@ class RingWorker:
         self._fid_epoch = -1
         self._msize_cap = device.msize_cap or (512 * 1024 + 24)
         self._on_loop = threading.get_ident()
+        # Fault injection for crash-resumption tests: die by SIGKILL at the n-th reply that
+        # reaches `point` (applied | done | replying | published). None in production.
+        self._fault = fault
+        self._fault_count = 0
+
+    def _crash(self, point: str) -> None:
+        if self._fault[0] == point:
+            self._fault_count += 1
+            if self._fault_count == self._fault[1]:
+                os.kill(os.getpid(), 9)
 
     # -- setup ---------------------------------------------------------------------
 
@@ -187,6 +210,9 @@ class RingWorker:
     def _adopt(self) -> None:
         """Read what a predecessor left in the journal (crash resumption, step 5)."""
         ring = self.ring
+        pred = self.journal.pid()
+        if pred and pred != os.getpid() and not _alive(pred):
+            self._orphaned_fids(pred)
         recs = self.journal.adopt()
         self._resume_in_prod = ring.in_prod
         for r in recs:
@@ -196,6 +222,43 @@ class RingWorker:
                 self._resume[r.req_index] = r
         if self._resume:
             log.info("%s: resuming with %d requests in flight", self.name, len(self._resume))
+
+    def _orphaned_fids(self, pred: int) -> None:
+        """Open fids whose holder fd died with the predecessor: reopen them by path, hold them here."""
+        from .backend.hostops import reopen
+        from .fdcache import ROLE_OPEN
+        from .fids import FID_DIR, FID_FILE
+
+        fids = self.ds.fids
+        n = 0
+        for fid in fids.snapshot():
+            try:
+                e = fids.get(fid)
+            except OSError:
+                continue
+            if e.holder_pid != pred:
+                continue
+            fd = -1
+            if e.kind in (FID_FILE, FID_DIR):
+                try:
+                    pfd = self.session.backend.walk(e.path)
+                    try:
+                        fd = reopen(pfd, e.open_flags & ~(os.O_TRUNC | os.O_CREAT | os.O_EXCL))
+                    finally:
+                        os.close(pfd)
+                except OSError:
+                    fd = -1  # unlinked while open: it died with its holder
+            try:
+                fids.update(fid, e.copy(holder_pid=os.getpid() if fd >= 0 else 0, holder_fd=fd))
+            except OSError:
+                if fd >= 0:
+                    os.close(fd)
+                continue
+            if fd >= 0:
+                self.session.fds.put((fid, e.generation, ROLE_OPEN), fd)
+            n += 1
+        if n:
+            log.info("%s: took over %d open fids from dead pid %d", self.name, n, pred)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -351,8 +414,19 @@ class RingWorker:
                 self._by_tag[tag] = p
             self._reply(p, rec.stored)  # resend, do not re-run
             return
+        # Started by the predecessor, maybe applied: re-run so it counts once (ring_resume).
         self.journal.restart(rec.slot)
-        self._serve(p, frame)
+        fix = ResumeFixup(self.session)
+        out = fix.prepare(frame)
+        if out is not frame and out[4] & 1:
+            self._order.append(p)
+            with self._tag_mu:
+                self._by_tag[tag] = p
+            self._reply(p, out)
+            return
+        p = _ResumedPending(self, index, size, rec.slot, tag, mtype)
+        p.fix, p.req = fix, out
+        self._serve(p, out)
 
     def _advance(self) -> None:
         """Move out_cons past the finished prefix, then free those journal records."""
@@ -400,6 +474,9 @@ class RingWorker:
     def _reply(self, p: _Pending, result) -> None:
         ring = self.ring
         j = self.journal
+        fault = self._fault
+        if fault is not None:
+            self._crash("applied")
         try:
             if isinstance(result, int):
                 n = result  # written in place by a Tread, reply lock held since _alloc
@@ -415,12 +492,18 @@ class RingWorker:
                     self._version_reset()
                 if not p.held:
                     j.done(p.slot, data)  # stored when small: resent after a crash, not re-run
+                    if fault is not None:
+                        self._crash("done")
                     self._reply_lock.acquire()
                     p.held = True
                     p.segs = self._room(n)
                 _scatter(p.segs, data)
             j.replying(p.slot, ring.reserved, n)
+            if fault is not None:
+                self._crash("replying")
             ring.publish_reply(n)
+            if fault is not None:
+                self._crash("published")
         except RingError as e:
             self._fatal = str(e)
             self._wake()
@@ -601,6 +684,21 @@ class RingWorker:
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purpose; its fds are gone.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b")")[-1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def _scatter(segs: list, data) -> None:

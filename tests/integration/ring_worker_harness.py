@@ -186,10 +186,10 @@ class Device:
                 "--export", self.export, "--security-model", "none", "--supervisor", self.endpoint,
                 "--heartbeat", "0.5", "--threads", str(self.threads)]
 
-    def start(self, ring: int | None = None, wait: bool = True) -> None:
+    def start(self, ring: int | None = None, wait: bool = True, extra_env: dict | None = None) -> None:
         rings = range(self.num_rings) if ring is None else [ring]
         for k in rings:
-            env = dict(os.environ, PYTHONPATH=REPO)
+            env = dict(os.environ, PYTHONPATH=REPO, **(extra_env or {}))
             self.procs[k] = subprocess.Popen(self.argv(k), env=env, stdin=subprocess.DEVNULL)
         if wait:
             for k in rings:
