@@ -23,16 +23,38 @@ def path_slot(s, fid: int, e: FidEntry):
 
 
 def open_slot(s, fid: int, e: FidEntry):
-    def reopen():
+    def opener():
+        flags = e.open_flags & ~(os.O_TRUNC | os.O_CREAT | os.O_EXCL)  # those were for the first open
         if e.holder_pid and e.holder_pid != s.pid and e.holder_fd >= 0:
-            # The hook for workers sharing a fid table: reach the holder's (maybe unlinked) file.
-            return os.open(f"/proc/{e.holder_pid}/fd/{e.holder_fd}", e.open_flags & ~os.O_TRUNC)
+            fd = _from_holder(s, e, flags)
+            if fd >= 0:
+                return fd
         pfd = s.backend.walk(e.path)
         try:
-            return reopen(pfd, e.open_flags & ~(os.O_TRUNC | os.O_CREAT | os.O_EXCL))
+            return reopen(pfd, flags)
         finally:
             os.close(pfd)
-    return s.fds.acquire((fid, e.generation, ROLE_OPEN), reopen, evictable=False)
+    return s.fds.acquire((fid, e.generation, ROLE_OPEN), opener, evictable=False)
+
+
+def _from_holder(s, e: FidEntry, flags: int) -> int:
+    """The hook for workers sharing a fid table: reach the holder's (maybe unlinked) file.
+
+    The holder may have died and its pid or fd number been reused, so the object is
+    checked through an O_PATH fd (no open side effects) against the fid's qid first.
+    Returns -1 when it is not the fid's file.
+    """
+    try:
+        pfd = os.open(f"/proc/{e.holder_pid}/fd/{e.holder_fd}", os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        st = os.fstat(pfd)
+        if s.backend.qidmap.path(st.st_dev, st.st_ino) != e.qid.path:
+            return -1
+        return reopen(pfd, flags, st)
+    finally:
+        os.close(pfd)
 
 
 def any_slot(s, fid: int, e: FidEntry):

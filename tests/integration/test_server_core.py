@@ -725,3 +725,43 @@ def test_tversion_withdraws_a_blocked_lock(pt):
     assert q.empty()
     st = os.stat(export / "f")
     assert c.s.server.locks.locks((st.st_dev, st.st_ino)) == []  # no lock granted to a dead fid
+
+
+def test_open_fid_reopened_after_its_fd_was_dropped(pt):
+    export, c = pt
+    (export / "f").write_bytes(b"abc")
+    _open(c, 1, "f")
+    c.s.fds.clear()  # e.g. another process serves this fid: it reopens from the entry
+    assert c.ok(M.Tread, 1, 0, 10).data.tobytes() == b"abc"
+
+
+def test_holder_hook_checks_the_object(pt):
+    from xen9p_worker.fidfds import open_slot
+    export, c = pt
+    (export / "f").write_bytes(b"abc")
+    (export / "g").write_bytes(b"other")
+    _open(c, 1, "f")
+    e = c.s.fids.get(1)
+    g_fd = os.open(export / "g", os.O_RDONLY)
+    try:
+        # fid 1 "held" by another process whose fd number now names g: refused, the path is used.
+        fake = e.copy(holder_pid=os.getpid(), holder_fd=g_fd)
+        c.s.pid = -1
+        c.s.fds.clear()
+        slot = open_slot(c.s, 1, fake)
+        try:
+            assert os.pread(slot.fd, 10, 0) == b"abc"
+        finally:
+            c.s.fds.release(slot)
+        # ...and a holder fd that is the right file is used as is (unlinked files stay reachable).
+        f_fd = os.open(export / "f", os.O_RDONLY)
+        os.unlink(export / "f")
+        c.s.fds.clear()
+        slot = open_slot(c.s, 1, e.copy(holder_pid=os.getpid(), holder_fd=f_fd))
+        try:
+            assert os.pread(slot.fd, 10, 0) == b"abc"
+        finally:
+            c.s.fds.release(slot)
+        os.close(f_fd)
+    finally:
+        os.close(g_fd)
