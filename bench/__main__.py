@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ring counts, e.g. 1,2 (default: the profile's)")
     p.add_argument("--workdir", type=Path, default=None,
                    help="where the exported tree is built (default: the system temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs) after the run")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
@@ -53,7 +54,10 @@ def main(argv=None) -> int:
         paths = write_report(ctx, args.out, argv=sys.argv if argv is None else ["python", "-m", "bench", *argv],
                              elapsed=elapsed)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        if args.keep:
+            print(f"work directory kept: {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
     for p in paths.values():
         print(p)
     return 0 if ctx.rows else 1

@@ -15,6 +15,7 @@ from xen9p_common.p9 import messages as m
 
 from .ops import OPS, ROOT_FID, OpError, check, with_tag
 
+BROKEN = "channel broken"  # prefix of errors after which a load process can do nothing more
 MAX_SAMPLES = 20000  # latency samples kept per process (a uniform subsample beyond that)
 
 
@@ -55,6 +56,7 @@ class _Child:
         self.index = index
         self.stride = tag_stride
         self.ops = []
+        self.broken = ""
 
     def tag(self, slot: int) -> int:
         # Tags chosen so tag % num_rings is this process's ring, as Linux maps tags to rings.
@@ -155,10 +157,16 @@ class _Child:
             cmd, arg = self.conn.recv()
             if cmd == "exit":
                 break
+            if self.broken and cmd != "exit":
+                self.conn.send(("error", self.broken))
+                continue
             try:
                 self.conn.send(("ok", self.handle(cmd, arg)))
-            except Exception as e:  # noqa: BLE001 - reported to the parent, which voids the figure
+            except OpError as e:
                 self.conn.send(("error", f"{type(e).__name__}: {e}"))
+            except Exception as e:  # noqa: BLE001 - the channel is unusable from here on
+                self.broken = f"{BROKEN}: {type(e).__name__}: {e}"
+                self.conn.send(("error", self.broken))
         self.ch.close()
 
 
@@ -187,6 +195,7 @@ class LoadPool:
     def __init__(self, specs: list[ChannelSpec], tag_stride: int, timeout: float = 120.0) -> None:
         ctx = mp.get_context("spawn")  # no fork: the parent may hold zmq or threads
         self.timeout = timeout
+        self.server_dead = None  # callable -> reason string when the server under test has died
         self.procs = []
         self.conns = []
         for i, spec in enumerate(specs):
@@ -200,8 +209,14 @@ class LoadPool:
             self._recv(i)
 
     def _recv(self, i: int):
-        if not self.conns[i].poll(self.timeout):
-            raise LoadError(f"load process {i} did not answer within {self.timeout} s")
+        end = time.monotonic() + self.timeout
+        while not self.conns[i].poll(0.2):
+            # A dead server leaves the load process waiting forever: stop at once, saying why.
+            why = self.server_dead() if self.server_dead else None
+            if why:
+                raise LoadError(f"{BROKEN}: {why}")
+            if time.monotonic() > end:
+                raise LoadError(f"load process {i} did not answer within {self.timeout} s")
         status, val = self.conns[i].recv()
         if status != "ok":
             raise LoadError(f"load process {i}: {val}")
@@ -214,7 +229,16 @@ class LoadPool:
     def call_all(self, cmd: str, arg=None) -> list:
         for c in self.conns:
             c.send((cmd, arg))
-        return [self._recv(i) for i in range(len(self.conns))]
+        # Collect every answer before raising, so no stale answer is left in a pipe.
+        out, err = [], None
+        for i in range(len(self.conns)):
+            try:
+                out.append(self._recv(i))
+            except LoadError as e:
+                err = err or e
+        if err is not None:
+            raise err
+        return out
 
     @property
     def pids(self) -> list[int]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fixtures import op_params
-from .loadgen import LoadError, LoadPool
+from .loadgen import BROKEN, LoadError, LoadPool
 from .measure import Row, run_load
 from .profile import Profile
 
@@ -74,6 +74,9 @@ def run_matrix(ctx: Context, family: str, target: str, pool: LoadPool, pids: lis
                 ctx.skip(family, f"{target} {name} {size} n={n} d={depth}", f"load failed: {e}")
                 if not alive():
                     raise
+                if BROKEN in str(e):
+                    ctx.skip(family, f"{target} n={n}: the rest", "a load process lost its channel (see above)")
+                    return
                 continue
             ctx.add(row)
 

@@ -103,5 +103,165 @@ class SocketServer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def dead_reason(self) -> str | None:
+        return None if self.alive() else f"{self.name} exited with {self.proc.returncode}"
+
     def close(self) -> None:
         stop_process(self.proc)
+
+
+def ring_missing() -> str | None:
+    """None if ring workers and the sim platform are importable, else why the ring path is skipped."""
+    try:
+        import zmq  # noqa: F401
+
+        from xen9p_common.platform.sim.evtchn import SimEventChannels  # noqa: F401
+        from xen9p_common.platform.sim.grants import SimDomainMemory  # noqa: F401
+        from xen9p_worker import ring_main  # noqa: F401
+        from xen9p_worker.device_state import DeviceState  # noqa: F401
+    except ImportError as e:
+        return f"ring path unavailable: {e}"
+    if not os.path.isdir("/dev/shm"):
+        return "no /dev/shm for the device state"
+    return None
+
+
+class RingDevice:
+    """One simulated 9pfs device with `num_rings` rings, served by one worker process per ring.
+
+    The bench plays the guest kernel (grants the ring pages; the load processes own the ports)
+    and the supervisor's small part (device state, worker argv, the "ready" messages); xen9pd
+    itself is not involved. Workers are pinned round-robin to the CPUs, as xen9pd does.
+    """
+
+    GUEST = 7
+
+    def __init__(self, base: Path, export: Path, num_rings: int, *, order: int = 9,
+                 msize_cap: int = 512 * 1024 + 24, security_model: str = "passthrough", threads: int = 8) -> None:
+        import uuid
+
+        import zmq
+
+        from xen9p_common.platform.sim.grants import SimDomainMemory
+        from xen9p_common.ring import Intf
+        from xen9p_worker.device_state import DeviceState
+
+        self.base, self.export, self.num_rings, self.order = base, export, num_rings, order
+        self.security_model, self.threads = security_model, threads
+        self.sim_dir = base / f"sim-{num_rings}"
+        self.sim_dir.mkdir()
+        self.name = f"xen9p-bench-{uuid.uuid4().hex[:12]}"
+        self.procs: list[subprocess.Popen] = []
+        self.ds = self.mem = self.ctx = self.router = None
+        self.specs: list[ChannelSpec] = []
+        try:
+            self.ds = DeviceState.create(self.name, max_fids=4096, max_open_files=0, max_space_mb=0,
+                                         export=str(export), security_model=security_model,
+                                         msize_cap=msize_cap, num_rings=num_rings)
+            n = 1 << order
+            self.mem = SimDomainMemory(str(self.sim_dir), self.GUEST, num_rings * (1 + n) + 8)
+            self.refs = []
+            for _ in range(num_rings):
+                frames = sorted(self.mem.alloc_pages(1 + n))
+                intf_ref = self.mem.grant_access(frames[0], 0)
+                data_refs = [self.mem.grant_access(f, 0) for f in frames[1:]]
+                view = self.mem.pages_view(frames[0], 1)
+                Intf(view).setup(order, data_refs)
+                view.release()
+                self.refs.append(intf_ref)
+                self.specs.append(ChannelSpec("ring", {
+                    "sim_dir": str(self.sim_dir), "domid": self.GUEST, "intf_frame": frames[0],
+                    "data_frame": frames[1], "order": order, "backend_domid": 0}))
+            self.ctx = zmq.Context()
+            self.router = self.ctx.socket(zmq.ROUTER)
+            self.endpoint = f"ipc://{base}/sup-{num_rings}.sock"
+            self.router.bind(self.endpoint)
+        except BaseException:
+            self.close()
+            raise
+
+    def start_workers(self, ports: list[int], deadline: float = START_DEADLINE) -> None:
+        """Spawn one worker per ring (ports: the frontend's, one per ring) and wait for each "ready"."""
+        import zmq
+
+        from xen9p_common import control
+
+        cpus = sorted(os.sched_getaffinity(0))
+        for ring, (ref, port) in enumerate(zip(self.refs, ports)):
+            argv = [sys.executable, "-m", "xen9p_worker", "ring", "--platform", "sim",
+                    "--sim-dir", str(self.sim_dir), "--domid", str(self.GUEST), "--devid", "0",
+                    "--ring", str(ring), "--ring-ref", str(ref), "--evtchn", str(port), "--state", self.name,
+                    "--export", str(self.export), "--security-model", self.security_model,
+                    "--supervisor", self.endpoint, "--threads", str(self.threads)]
+            log = open(self.base / f"worker-{self.num_rings}-{ring}.log", "wb")
+            cpu = cpus[ring % len(cpus)]
+            self.procs.append(subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL,
+                                               preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu})))
+            log.close()
+        want = {p.pid for p in self.procs}
+        end = time.monotonic() + deadline
+        while want:
+            for ring, p in enumerate(self.procs):
+                if p.poll() is not None:
+                    raise TargetError(f"ring worker {ring} exited with {p.returncode}: {self.log_tail(ring)}")
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TargetError(f"ring workers not ready within {deadline} s")
+            if self.router.poll(int(min(left, 0.2) * 1000)):
+                _, raw = self.router.recv_multipart()
+                msg = control.parse_worker_msg(raw)
+                if msg.get("type") == control.W_READY:
+                    want.discard(msg.get("pid"))
+        self.drain()
+
+    def drain(self) -> None:
+        """Drop heartbeats and stats (we read CPU and RSS with psutil, not from the workers)."""
+        import zmq
+        while self.router is not None and self.router.poll(0):
+            self.router.recv_multipart(zmq.NOBLOCK)
+
+    def log_tail(self, ring: int) -> str:
+        try:
+            return (self.base / f"worker-{self.num_rings}-{ring}.log").read_text(errors="replace")[-1500:]
+        except OSError:
+            return ""
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def dead_reason(self) -> str | None:
+        for ring, p in enumerate(self.procs):
+            if p.poll() is not None:
+                last = self.log_tail(ring).strip().splitlines()[-1:] or [""]
+                return f"ring worker {ring} exited with {p.returncode}: {last[0][-300:]}"
+        return None
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        self.procs = []
+        if self.router is not None:
+            self.router.close(0)
+            self.router = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        if self.mem is not None:
+            self.mem.destroy()
+            self.mem = None
+        if self.ds is not None:
+            self.ds.close()
+            self.ds.unlink()
+            self.ds = None

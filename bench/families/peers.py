@@ -29,6 +29,7 @@ def _serve(ctx: Context, kind: str) -> None:
         for conns in p.socket_conns:
             depths = (1,) if conns == 1 else (p.socket_depth,)
             pool = LoadPool(srv.channels(conns), tag_stride=1)
+            pool.server_dead = srv.dead_reason
             try:
                 msizes = pool.call_all("version", MSIZE)
                 if min(msizes) != MSIZE:
