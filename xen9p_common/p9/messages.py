@@ -6,11 +6,12 @@ one complete frame and raises only DecodeError; `encode` returns the frame.
 from __future__ import annotations
 
 import errno
+import operator
 import struct
 from dataclasses import dataclass, fields as dc_fields
 from typing import ClassVar
 
-from ..errors import DecodeError
+from ..errors import DecodeError, Xen9pError
 from .wire import DATA, QID, QIDARRAY, STR, STRARRAY, U8, U16, U32, U64, Fixed, Qid, Var
 
 HEADER = struct.Struct("<IBH")
@@ -18,6 +19,10 @@ HEADER_SIZE = HEADER.size  # 7
 NOTAG = 0xFFFF
 NOFID = 0xFFFFFFFF
 IOHDRSZ = 24  # Twrite/Rread header room subtracted from msize for iounit
+
+
+class EncodeError(Xen9pError, ValueError):
+    """A message field does not fit its wire type (a bug in the caller, not the peer)."""
 
 
 class Message:
@@ -43,23 +48,35 @@ class Message:
 
 
 def _compile(fields: tuple) -> tuple:
-    """Group runs of fixed-size fields into one struct each; variable fields stand alone."""
+    """Group runs of fixed-size fields into one struct each; variable fields stand alone.
+
+    A fixed step is ("fixed", struct, field types, simple, getter, spans): `getter` fetches
+    all of the run's values at once (operator.attrgetter, in C); `simple` means no field
+    spans several struct values, else `spans` lists the qid positions to splice flat.
+    """
     plan: list = []
-    run: list[Fixed] = []
+    run: list[tuple[str, Fixed]] = []
 
     def flush() -> None:
         if run:
-            fmt = "<" + "".join(f.fmt for f in run)
-            simple = all(f.nvals == 1 for f in run)
-            plan.append(("fixed", struct.Struct(fmt), tuple(run), simple))
+            fmt = "<" + "".join(f.fmt for _, f in run)
+            # Positions of multi-value fields (qids), last first, so splicing keeps indexes valid.
+            spans = tuple(i for i in reversed(range(len(run))) if run[i][1].nvals != 1)
+            simple = not spans
+            names = [n for n, _ in run]
+            getter = operator.attrgetter(*names)
+            if len(names) == 1:  # attrgetter of one name returns the value, not a 1-tuple
+                one = getter
+                getter = lambda m, one=one: (one(m),)  # noqa: E731
+            plan.append(("fixed", struct.Struct(fmt), tuple(f for _, f in run), simple, getter, spans))
             run.clear()
 
-    for _, ftype in fields:
+    for name, ftype in fields:
         if isinstance(ftype, Fixed):
-            run.append(ftype)
+            run.append((name, ftype))
         else:
             flush()
-            plan.append(("var", ftype))
+            plan.append(("var", ftype, name))
     flush()
     return tuple(plan)
 
@@ -90,17 +107,16 @@ def _decode_body(cls, buf, off: int, tag: int):
 
 
 def _encode_body(msg, out: bytearray) -> None:
-    it = iter(msg.FIELDS)
     for step in msg._plan:
         if step[0] == "fixed":
-            args: list = []
-            for f in step[2]:
-                name, _ = next(it)
-                args.extend(f.to_vals(getattr(msg, name)))
-            out += step[1].pack(*args)
+            vals = step[4](msg)
+            if not step[3]:
+                vals = list(vals)
+                for i in step[5]:
+                    vals[i:i + 1] = vals[i]
+            out += step[1].pack(*vals)
         else:
-            name, _ = next(it)
-            step[1].encode(getattr(msg, name), out)
+            step[1].encode(getattr(msg, step[2]), out)
 
 
 def message(type_: int, *fields: tuple):
@@ -345,8 +361,12 @@ def decode(frame) -> Message:
 
 
 def encode(msg: Message) -> bytes:
+    """The frame of msg; EncodeError if a field does not fit its wire type."""
     out = bytearray(HEADER_SIZE)
-    _encode_body(msg, out)
+    try:
+        _encode_body(msg, out)
+    except (struct.error, ValueError, TypeError, AttributeError) as e:
+        raise EncodeError(f"{type(msg).__name__}: {e}") from None
     HEADER.pack_into(out, 0, len(out), msg.TYPE, msg.tag)
     return bytes(out)
 
@@ -365,6 +385,6 @@ def field_names(cls: type[Message]) -> tuple[str, ...]:
 
 
 __all__ = [c.__name__ for c in REGISTRY] + [
-    "Message", "REGISTRY", "BY_TYPE", "decode", "encode", "encode_header", "frame_size", "peek_header",
+    "Message", "EncodeError", "REGISTRY", "BY_TYPE", "decode", "encode", "encode_header", "frame_size", "peek_header",
     "HEADER", "HEADER_SIZE", "NOTAG", "NOFID", "IOHDRSZ", "Qid", "is_request", "field_names", "Var",
 ]
