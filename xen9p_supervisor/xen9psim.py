@@ -617,7 +617,8 @@ class Demo:
         now = set(os.listdir(SHM_DIR)) if os.path.isdir(SHM_DIR) else set()
         for name in sorted(now - shm_before):
             parts = name.split("-")
-            if name.startswith("xen9p-") and (pid is None or (len(parts) > 3 and parts[3] == str(pid))):
+            # xen9pd names device state xen9p-<domid>-<devid>-<its pid>-<seq>; others' segments are not ours.
+            if pid is not None and len(parts) == 5 and parts[0] == "xen9p" and parts[3] == str(pid):
                 self.leftovers.append(f"shared memory {SHM_DIR}/{name} left behind (removed)")
                 try:
                     os.unlink(os.path.join(SHM_DIR, name))

@@ -41,8 +41,12 @@ def pieces():
         pytest.skip(why)
 
 
-def _shm_xen9p() -> set[str]:
-    return {n for n in os.listdir(SHM) if n.startswith("xen9p-")} if os.path.isdir(SHM) else set()
+def _device_segments(output: str) -> set[str]:
+    """/dev/shm segments of the demo's xen9pd (device state: xen9p-<domid>-<devid>-<pid>-<seq>)."""
+    m = re.search(r"xen9pd pid (\d+)", output)
+    assert m, output
+    pat = re.compile(rf"^xen9p-\d+-\d+-{m.group(1)}-\d+$")
+    return {n for n in os.listdir(SHM) if pat.match(n)} if os.path.isdir(SHM) else set()
 
 
 def _demo(*extra: str) -> subprocess.Popen:
@@ -57,18 +61,17 @@ def _sim_dir(output: str) -> str:
     return m.group(1)
 
 
-def _assert_nothing_left(sim_dir: str, shm_before: set[str]) -> None:
+def _assert_nothing_left(sim_dir: str, output: str) -> None:
     left = procs_with(sim_dir)
     for p in left:
         p.kill()
     assert not left, f"processes left behind: {[(p.pid, p.cmdline()[:4]) for p in left]}"
     assert not os.path.exists(sim_dir), f"{sim_dir} left behind"
-    assert _shm_xen9p() - shm_before == set()
+    assert _device_segments(output) == set()
 
 
 @pytest.mark.slow
 def test_demo_runs_clean(pieces):
-    shm_before = _shm_xen9p()
     proc = _demo("--json", "--timeout", "240")
     try:
         out, _ = proc.communicate(timeout=300)
@@ -85,12 +88,11 @@ def test_demo_runs_clean(pieces):
         assert g["ops"] > 100 and g["requests"] > g["ops"] and g["mib"] > 1
     assert "$ xen9pctl status" in out and "connected" in out
     assert "no process or shared-memory segment left behind" in out
-    _assert_nothing_left(_sim_dir(out), shm_before)
+    _assert_nothing_left(_sim_dir(out), out)
 
 
 @pytest.mark.slow
 def test_demo_ctrl_c_leaves_nothing_behind(pieces):
-    shm_before = _shm_xen9p()
     proc = _demo("--scale", "3", "--timeout", "240")
     lines: list[str] = []
     try:
@@ -116,7 +118,7 @@ def test_demo_ctrl_c_leaves_nothing_behind(pieces):
     assert proc.returncode == 130, text
     assert "interrupted" in text
     wait_for(lambda: not procs_with(sim_dir), 10, "every demo process gone")
-    _assert_nothing_left(sim_dir, shm_before)
+    _assert_nothing_left(sim_dir, text)
 
 
 def _run(*argv: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
