@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.integration import xs_fixtures
 from xen9p_common.client import Client
 from xen9p_common.errors import RingError
 from xen9p_common.p9 import messages as m
@@ -35,15 +36,8 @@ DOMID = 7
 DEADLINE = 20.0
 
 
-def wait_for(cond, timeout: float = DEADLINE, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+def wait_for(cond, what: str = "condition"):
+    return xs_fixtures.wait_for(cond, DEADLINE, what)
 
 
 class StandInServer:
