@@ -57,8 +57,10 @@ def op_matrix(profile: Profile) -> list[tuple[str, int]]:
 
 
 def run_matrix(ctx: Context, family: str, target: str, pool: LoadPool, pids: list[int], n: int,
-               depths, ops, msize: int, alive=lambda: True, extra: dict | None = None) -> None:
-    """Every (op, size) at every depth over this pool (n = rings or connections)."""
+               depths, ops, msize: int, alive=lambda: True, extra: dict | None = None) -> bool:
+    """Every (op, size) at every depth over this pool (n = rings or connections).
+
+    False when the pool or the server broke (the remaining figures were not run)."""
     p = ctx.profile
     for depth in depths:
         for op, size in ops:
@@ -72,13 +74,11 @@ def run_matrix(ctx: Context, family: str, target: str, pool: LoadPool, pids: lis
                 run_load(pool, pids, row, op, params, p.duration, p.max_iters)
             except LoadError as e:
                 ctx.skip(family, f"{target} {name} {size} n={n} d={depth}", f"load failed: {e}")
-                if not alive():
-                    raise
-                if BROKEN in str(e):
-                    ctx.skip(family, f"{target} n={n}: the rest", "a load process lost its channel (see above)")
-                    return
+                if not alive() or BROKEN in str(e):
+                    return False
                 continue
             ctx.add(row)
+    return True
 
 
 def run_families(ctx: Context, families, only: set[str] | None) -> None:

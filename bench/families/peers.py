@@ -36,8 +36,10 @@ def _serve(ctx: Context, kind: str) -> None:
                     ctx.log(f"{srv.name}: msize negotiated {msizes}")
                 pool.call_all("attach", (srv.aname, "root"))
                 # Twalk + Tremove on both servers: diod has no Tunlinkat, and the ops must be the same.
-                run_matrix(ctx, NAME, srv.name, pool, srv.pids, conns, depths, ops, min(msizes), srv.alive,
-                           extra={"remove": True})
+                if not run_matrix(ctx, NAME, srv.name, pool, srv.pids, conns, depths, ops, min(msizes),
+                                  srv.alive, extra={"remove": True}):
+                    ctx.skip(NAME, f"{srv.name} {conns} conns: the rest", "the server or a connection broke")
+                    return
             finally:
                 pool.close()
     finally:

@@ -4,44 +4,71 @@ For each ring count: one device, its workers, one load process per ring; every o
 """
 from __future__ import annotations
 
-from ..loadgen import LoadPool
+from ..loadgen import LoadError, LoadPool
 from ..runner import Context, op_matrix, run_matrix
 from ..targets import RingDevice, TargetError, ring_missing
 
 NAME = "ring"
 MSIZE = 512 * 1024 + 24  # the worker's cap: a whole 512 KiB Tread fits (ring order 9: 1 MiB per half)
 NOTAG = 0xFFFF
+RESTARTS = 3  # fresh devices per ring count after a worker died, so one failure voids one figure only
 
 
 def missing(ctx: Context) -> str | None:
     return ring_missing()
 
 
-def _one(ctx: Context, n: int) -> None:
-    p = ctx.profile
+def _device(ctx: Context, n: int) -> tuple[RingDevice, LoadPool]:
     dev = RingDevice(ctx.base, ctx.export, n)
     pool = None
     try:
         pool = LoadPool(dev.specs, tag_stride=n, timeout=60.0)
-        ports = pool.call_all("port")
-        dev.start_workers(ports)
+        dev.start_workers(pool.call_all("port"))
         pool.server_dead = dev.dead_reason
         # Tversion travels on ring NOTAG % n (as Linux's), Tattach on ring 0; fids are device-wide.
         msize = pool.call(NOTAG % n, "version", MSIZE)
         pool.call(0, "attach", ("", "root"))
-        run_matrix(ctx, NAME, f"ring x{n}", pool, dev.pids, n, p.depths, op_matrix(p), msize, dev.alive)
-        dev.drain()
-        if not dev.alive():
-            raise TargetError(dev.dead_reason())
-    finally:
+        dev.msize = msize
+        return dev, pool
+    except BaseException:
         if pool is not None:
             pool.close()
         dev.close()
+        raise
+
+
+def _one(ctx: Context, n: int) -> None:
+    p = ctx.profile
+    work = [(depth, item) for depth in p.depths for item in op_matrix(p)]
+    restarts = 0
+    while work:
+        try:
+            dev, pool = _device(ctx, n)
+        except (TargetError, LoadError) as e:
+            ctx.skip(NAME, f"{n} rings", f"device did not start: {e}")
+            return
+        broken = None
+        try:
+            while work:
+                depth, item = work.pop(0)
+                if not run_matrix(ctx, NAME, f"ring x{n}", pool, dev.pids, n, (depth,), [item], dev.msize,
+                                  dev.alive):
+                    broken = "a load process lost its ring"
+                    break
+        except LoadError as e:
+            broken = str(e)
+        finally:
+            dead = dev.dead_reason() or broken
+            pool.close()
+            dev.close()
+        if work and dead:
+            restarts += 1
+            if restarts > RESTARTS:
+                ctx.skip(NAME, f"{n} rings: {len(work)} figures", f"workers died {restarts} times: {dead}")
+                return
+            ctx.log(f"ring x{n}: a worker died ({dead}); fresh device for the remaining {len(work)} figures")
 
 
 def run(ctx: Context) -> None:
     for n in ctx.profile.rings:
-        try:
-            _one(ctx, n)
-        except TargetError as e:
-            ctx.skip(NAME, f"{n} rings", str(e))
+        _one(ctx, n)
