@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -148,8 +149,7 @@ class RingDevice:
 
         self.base, self.export, self.num_rings, self.order = base, export, num_rings, order
         self.security_model, self.threads = security_model, threads
-        self.sim_dir = base / f"sim-{num_rings}"
-        self.sim_dir.mkdir()
+        self.sim_dir = Path(tempfile.mkdtemp(prefix=f"sim-{num_rings}-", dir=base))
         self.name = f"xen9p-bench-{uuid.uuid4().hex[:12]}"
         self.procs: list[subprocess.Popen] = []
         self.ds = self.mem = self.ctx = self.router = None
@@ -174,7 +174,7 @@ class RingDevice:
                     "data_frame": frames[1], "order": order, "backend_domid": 0}))
             self.ctx = zmq.Context()
             self.router = self.ctx.socket(zmq.ROUTER)
-            self.endpoint = f"ipc://{base}/sup-{num_rings}.sock"
+            self.endpoint = f"ipc://{self.sim_dir}/sup.sock"
             self.router.bind(self.endpoint)
         except BaseException:
             self.close()
@@ -193,7 +193,7 @@ class RingDevice:
                     "--ring", str(ring), "--ring-ref", str(ref), "--evtchn", str(port), "--state", self.name,
                     "--export", str(self.export), "--security-model", self.security_model,
                     "--supervisor", self.endpoint, "--threads", str(self.threads)]
-            log = open(self.base / f"worker-{self.num_rings}-{ring}.log", "wb")
+            log = open(self.sim_dir / f"worker-{ring}.log", "wb")
             cpu = cpus[ring % len(cpus)]
             self.procs.append(subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL,
@@ -223,7 +223,7 @@ class RingDevice:
 
     def log_tail(self, ring: int) -> str:
         try:
-            return (self.base / f"worker-{self.num_rings}-{ring}.log").read_text(errors="replace")[-1500:]
+            return (self.sim_dir / f"worker-{ring}.log").read_text(errors="replace")[-1500:]
         except OSError:
             return ""
 
