@@ -48,6 +48,9 @@ class Restarter:
     respawn_at: float | None = None
     last_exit: tuple[ExitCause, int | None] | None = None
     exits: dict | None = None     # ExitCause -> count
+    ready_scale: int = 1          # the ready deadline is multiplied by this; doubles after each
+                                  # attempt killed for never getting ready (a slow dom0 is not a dead one)
+    MAX_READY_SCALE = 8
 
     def __post_init__(self) -> None:
         if self.exits is None:
@@ -65,6 +68,7 @@ class Restarter:
             return False
         self.state = RunState.RUNNING
         self.ready_at = now
+        self.ready_scale = 1
         return True
 
     def stopping(self) -> None:
@@ -84,6 +88,8 @@ class Restarter:
             return self.state
         started = self.spawned_at if self.spawned_at is not None else now
         quick = self.ready_at is None or now - started < self.policy.startsecs
+        if cause is ExitCause.TIMEOUT and self.ready_at is None:
+            self.ready_scale = min(self.ready_scale * 2, self.MAX_READY_SCALE)
         # A worker that served for a while and then died starts a fresh count: one crash
         # after hours is not "repeated failure to start".
         self.failures = self.failures + 1 if quick else 1
@@ -106,5 +112,6 @@ class Restarter:
     def reset(self) -> None:
         """Forget failures (operator restart-ring, or a fresh device connect)."""
         self.failures = 0
+        self.ready_scale = 1
         if self.state is RunState.FATAL:
             self.state = RunState.STOPPED

@@ -221,9 +221,12 @@ class RingSet:
         new = r.restarter.exited(now, cause, code)
         how = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
         if new is RunState.FATAL:
-            r.fatal_reason = (f"worker failed {r.restarter.failures} times in a row within "
-                              f"{r.restarter.policy.startsecs:g}s of starting (last: {how}, {cause}); "
-                              f"giving up (FATAL)")
+            if cause is ExitCause.TIMEOUT and r.restarter.ready_at is None:
+                when = "without ever becoming ready (mapped and bound)"
+            else:
+                when = f"within {r.restarter.policy.startsecs:g}s of starting"
+            r.fatal_reason = (f"worker failed {r.restarter.failures} times in a row {when} "
+                              f"(last: {how}, {cause}); giving up (FATAL)")
             log.error("%s: %s", r.name, r.fatal_reason)
             return "fatal"
         if new is RunState.BACKOFF:
@@ -241,8 +244,11 @@ class RingSet:
             return
         st = r.restarter.state
         silent = now - r.last_seen
-        if st is RunState.STARTING and now - (r.restarter.spawned_at or now) > self.ready_timeout:
-            log.warning("%s: worker pid %s not ready after %.1fs; aborting it", r.name, r.pid, self.ready_timeout)
+        ready_timeout = self.ready_timeout * r.restarter.ready_scale
+        if st is RunState.STARTING and now - (r.restarter.spawned_at or now) > ready_timeout:
+            log.warning("%s: worker pid %s not ready after %.1fs; aborting it (next attempt gets %.0fs)",
+                        r.name, r.pid, ready_timeout,
+                        self.ready_timeout * min(r.restarter.ready_scale * 2, r.restarter.MAX_READY_SCALE))
         elif st is RunState.RUNNING and silent > self.heartbeat_timeout:
             log.warning("%s: worker pid %s silent for %.1fs; aborting it", r.name, r.pid, silent)
         else:

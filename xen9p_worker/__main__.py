@@ -1,5 +1,9 @@
 """Entry point of `python -m xen9p_worker`: the socket mode in cli.main(), the ring mode in ring_main."""
+import faulthandler
 import sys
+
+# A worker the supervisor SIGABRTs for being silent or slow leaves its stacks in the log.
+faulthandler.enable()
 
 if len(sys.argv) > 1 and sys.argv[1] == "ring":
     from .ring_main import main as ring_main

@@ -100,3 +100,27 @@ def test_invariants(events):
         elif s is RunState.STOPPED:
             assert cause is ExitCause.REQUESTED
             r.spawned(t)
+
+
+def test_ready_timeouts_lengthen_the_next_ready_deadline_and_ready_resets_it():
+    r = Restarter(RestartPolicy(startsecs=2, startretries=5))
+    r.spawned(0.0)
+    assert r.exited(10.0, ExitCause.TIMEOUT, -6) is RunState.BACKOFF
+    assert r.ready_scale == 2
+    r.respawning(11.0)
+    r.exited(31.0, ExitCause.TIMEOUT, -6)
+    assert r.ready_scale == 4
+    for t in (40.0, 80.0, 120.0):
+        r.respawning(t)
+        r.exited(t + 1, ExitCause.TIMEOUT, -6)
+    assert r.ready_scale == Restarter.MAX_READY_SCALE
+    r.respawning(200.0)
+    assert r.ready(201.0)
+    assert r.ready_scale == 1
+
+
+def test_crash_before_ready_does_not_lengthen_the_ready_deadline():
+    r = Restarter(RestartPolicy())
+    r.spawned(0.0)
+    r.exited(0.5, ExitCause.CRASH, 1)
+    assert r.ready_scale == 1
