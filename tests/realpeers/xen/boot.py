@@ -17,6 +17,8 @@ XEN_ARGS = ("console=com1 com1=115200,8n1 dom0_mem={mem},max:{mem} dom0_max_vcpu
             "loglvl=all guest_loglvl=all smap=0")
 DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1 loglevel=6 xen9pinit=/xen9p/dom0-init.sh"
 # Lines worth echoing live; everything goes to the serial log.
+# What run.sh puts in the results share before boot (dom0 reads them); kept across a retry.
+INPUTS = ("domu", "cases")
 ECHO_PREFIXES = ("DOM0[", "LAB[", "LOADER:", "P9T ", "CHECK ", "(XEN) Panic", "Kernel panic")
 
 
@@ -133,9 +135,16 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     attempts = []
     for attempt in range(1, a.retries + 2):
-        if a.results.exists() and any(a.results.iterdir()):
-            # Keep the stalled attempt's evidence beside the retry's results.
-            shutil.move(str(a.results), str(a.results) + f".attempt{attempt - 1}")
+        if attempt > 1:
+            # Keep the stalled attempt's evidence beside the retry's; carry the inputs over.
+            old = Path(str(a.results) + f".attempt{attempt - 1}")
+            shutil.move(str(a.results), str(old))
+            a.results.mkdir(parents=True)
+            for name in INPUTS:
+                if (old / name).is_dir():
+                    shutil.copytree(old / name, a.results / name)
+                elif (old / name).exists():
+                    shutil.copy2(old / name, a.results / name)
         a.results.mkdir(parents=True, exist_ok=True)
         mon = Path(f"/tmp/xen9p-qemu-mon-{os.getpid()}.sock")
         log_path = a.results.parent / f"serial-attempt{attempt}.log"

@@ -6,6 +6,8 @@ export PYTHONPATH=/src:/opt/xen9p-site PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERE
 H=/src/tests/realpeers/xen; R=/results; mkdir -p $R
 up() { cut -d' ' -f1 /proc/uptime; }
 since() { awk "BEGIN{printf \"%.1f\", $(up)-$1}"; }
+# Deadlines on /proc/uptime: dom0's date(1) is not monotonic under the lab's Xen.
+now() { cut -d. -f1 /proc/uptime; }
 log() { echo "LAB[$(up)] $*"; echo "$(up) $*" >> $R/timeline.txt; }
 # check NAME PASS|FAIL DETAIL: one line per verdict; the host's summary reads checks.tsv.
 check() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> $R/checks.tsv; echo "CHECK $2 $1 $3"; }
@@ -15,7 +17,11 @@ DOMU_KERNEL=$R/domu/vmlinuz; DOMU_INITRD=$R/domu/initrd.cpio.gz
 log "main.sh start cases=[$CASES] python=$(python3 -V 2>&1)"
 
 # Heartbeat while a step runs, so the host can tell slow from stalled.
-heartbeat() { while :; do sleep 20; log "  heartbeat: $(xl list 2>/dev/null | awk 'NR>1{printf "%s:%s ", $1, $5}')"; done; }
+heartbeat() {  # also copies the domU consoles out, for post-mortems of a stalled run
+    mkdir -p $R/live
+    while :; do sleep 20; log "  heartbeat: $(xl list 2>/dev/null | awk 'NR>1{printf "%s:%s ", $1, $5}')"
+        cp /var/log/xen/console/guest-*.log $R/live/ 2>/dev/null; done
+}
 heartbeat & HB=$!
 
 { echo "== xl info"; xl info; echo "== versions"; dpkg -l | awk '/xen|qemu|python3 |pyxs|fio/{print $2, $3}'
@@ -26,10 +32,13 @@ WATCH=$!
 
 stage_platform() {
     local t0=$(up)
+    python3 -c 'import time; t = time.monotonic(); import xen9p_worker.cli, zmq, psutil; print("%.1f" % (time.monotonic() - t))' \
+        > /tmp/imp 2>&1 && timing worker_import_s $(cat /tmp/imp) || check platform:worker-import FAIL "$(tail -1 /tmp/imp)"
+    t0=$(up)
     ( cd /src && timeout 300 python3 -m pytest -p no:cacheprovider -v -rA \
         --junitxml=$R/pytest-realxen.xml tests/realpeers/test_real_xen_devices.py ) > $R/pytest-realxen.txt 2>&1
     local rc=$?
-    grep -E '(PASSED|FAILED|ERROR|SKIPPED)' $R/pytest-realxen.txt | grep '::' | sed 's/ *\[.*//' | sort -u |
+    grep -E '^tests/[^ ]+::[^ ]+ (PASSED|FAILED|ERROR|SKIPPED)' $R/pytest-realxen.txt | sed 's/ *\[.*//' | sort -u |
         while read -r name verdict rest; do
             case $verdict in PASSED) v=PASS;; *) v=FAIL;; esac  # a skip in dom0 means the lab is broken
             check "platform:${name##*::}" $v "$verdict $rest"
@@ -46,31 +55,32 @@ stage_platform() {
 XEN9PD=""
 start_xen9pd() {  # KINDS NAME
     mkdir -p /run/xen9p
-    python3 -m xen9p_supervisor.xen9pd --platform xen --kinds "$1" --log-level debug > $R/$2-xen9pd.log 2>&1 &
+    python3 -m xen9p_supervisor.xen9pd --platform xen --kinds "$1" --log-level debug \
+        --ready-timeout ${XEN9P_READY_TIMEOUT:-120} --heartbeat-timeout 90 --startsecs 5 > $R/$2-xen9pd.log 2>&1 &
     XEN9PD=$!
-    local end=$(( $(date +%s) + 30 ))
-    while [ $(date +%s) -lt $end ]; do
+    local end=$(( $(now) + 180 ))
+    while [ $(now) -lt $end ]; do
         timeout 5 python3 -m xen9p_supervisor.xen9pctl ping > /dev/null 2>&1 && { log "xen9pd up (pid $XEN9PD, kinds $1)"; return 0; }
         kill -0 $XEN9PD 2>/dev/null || break; sleep 0.5
     done
-    log "xen9pd did not answer ping: $(tail -3 $R/$2-xen9pd.log | tr '\n' ' ')"; check "$2:xen9pd-start" FAIL "no ping in 30s"
+    log "xen9pd did not answer ping: $(tail -3 $R/$2-xen9pd.log | tr '\n' ' ')"; check "$2:xen9pd-start" FAIL "no ping in 180s"
     return 1
 }
 stop_xen9pd() {
     [ -n "$XEN9PD" ] || return 0
     kill -TERM $XEN9PD 2>/dev/null
-    local end=$(( $(date +%s) + 15 ))
-    while kill -0 $XEN9PD 2>/dev/null && [ $(date +%s) -lt $end ]; do sleep 0.3; done
-    kill -0 $XEN9PD 2>/dev/null && { check xen9pd:stop FAIL "still alive 15s after SIGTERM"; kill -KILL $XEN9PD; }
+    local end=$(( $(now) + 30 ))
+    while kill -0 $XEN9PD 2>/dev/null && [ $(now) -lt $end ]; do sleep 0.3; done
+    kill -0 $XEN9PD 2>/dev/null && { check xen9pd:stop FAIL "still alive 30s after SIGTERM"; kill -KILL $XEN9PD; }
     wait $XEN9PD 2>/dev/null; log "xen9pd stopped rc=$?"; XEN9PD=""
 }
 
 wait_console() {  # NAME PATTERN SECONDS (wall clock)
-    local f=/var/log/xen/console/guest-$1.log end=$(( $(date +%s) + $3 ))
-    while [ $(date +%s) -lt $end ]; do grep -q "$2" $f 2>/dev/null && return 0; sleep 0.5; done
+    local f=/var/log/xen/console/guest-$1.log end=$(( $(now) + $3 ))
+    while [ $(now) -lt $end ]; do grep -q "$2" $f 2>/dev/null && return 0; sleep 0.5; done
     return 1
 }
-wait_gone() { local end=$(( $(date +%s) + $2 )); while xl domid $1 >/dev/null 2>&1 && [ $(date +%s) -lt $end ]; do sleep 0.5; done; }
+wait_gone() { local end=$(( $(now) + $2 )); while xl domid $1 >/dev/null 2>&1 && [ $(now) -lt $end ]; do sleep 0.5; done; }
 
 # run_domu NAME TAGS P9LINE ATTACH...   ATTACH = kind:devid:tag:path (written by xen9pctl attach)
 run_domu() {

@@ -54,8 +54,8 @@ workload() {  # TAG MOUNTPOINT
     ln -s d3/g $M/sl && is symlink "$(readlink $M/sl):$(cat $M/sl)" "d3/g:x"
     ln $M/d3/g $M/hl 2>/dev/null && is hardlink "$(stat -c %h $M/hl)" 2 || bad hardlink "ln failed"
     if setfattr -n user.xen9p -v lab-value $M/d3/g 2>/tmp/xe; then
-        is xattr "$(getfattr --only-values -n user.xen9p $M/d3/g 2>&1)" lab-value
-        setfattr -x user.xen9p $M/d3/g && is xattr-remove "$(getfattr -n user.xen9p $M/d3/g 2>&1 | grep -c lab-value)" 0
+        is xattr "$(getfattr --absolute-names --only-values -n user.xen9p $M/d3/g 2>&1)" lab-value
+        setfattr -x user.xen9p $M/d3/g && is xattr-remove "$(getfattr --absolute-names -n user.xen9p $M/d3/g 2>&1 | grep -c lab-value)" 0
     else bad xattr "setfattr: $(cat /tmp/xe)"; fi
     chmod 640 $M/d3/g && is chmod "$(stat -c %a $M/d3/g)" 640
     # a directory of 1,000 files
