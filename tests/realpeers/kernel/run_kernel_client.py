@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -73,8 +74,11 @@ def run_against(server: str, plan: SuitePlan, workdir: Path, image: GuestImage |
     t0 = time.monotonic()
     running = start_server(spec)
     server_start_s = time.monotonic() - t0
+    run_conf = plan.run_conf(spec.mount_opts)
+    if os.environ.get("XEN9P_KERNEL_RELAY_DEBUG") == "1":
+        run_conf["RELAY_DEBUG"] = "1"
     try:
-        boot = boot_guest(image, spec.socket_path, plan.run_conf(spec.mount_opts),
+        boot = boot_guest(image, spec.socket_path, run_conf,
                           workdir / f"guest-{server}.log", timeout_s or plan.wall_timeout_s)
     finally:
         rc = running.stop()
