@@ -106,6 +106,10 @@ class Session:
         self.lock_keys: dict[int, tuple] = {}  # fid -> lock-table key of files it locked through
         self._mu = threading.Lock()
         self._inflight: dict[int, Request] = {}
+        # Requests whose reply is being handed to the transport. Out of _inflight first, so a
+        # client that reuses the tag the moment it has the reply (Linux does) is not refused;
+        # still findable, so a Tflush that raced the reply gets its Rflush after that reply.
+        self._replying: dict[int, Request] = {}
         self._table = handlers.TABLE
         self._inline = server.inline
         self._pool_submit = server.pool.submit
@@ -219,14 +223,18 @@ class Session:
         """Send the reply of req, then the Rflush of every Tflush that waited for it."""
         if isinstance(result, M.Message):
             result = M.encode(result)
+        with self._mu:
+            req.state = _DONE
+            if self._inflight.get(req.tag) is req:
+                del self._inflight[req.tag]
+            self._replying[req.tag] = req
         try:
             req.reply(result)
         except Exception:
             log.exception("transport failed to take the reply of tag %d", req.tag)
         with self._mu:
-            req.state = _DONE
-            if self._inflight.get(req.tag) is req:
-                del self._inflight[req.tag]
+            if self._replying.get(req.tag) is req:
+                del self._replying[req.tag]
             flushes, req.flushes = req.flushes, []
         for ftag, freply in flushes:
             freply(M.encode(M.Rflush(ftag)))
@@ -247,6 +255,11 @@ class Session:
     def _flush(self, msg: M.Tflush, reply: Reply) -> None:
         with self._mu:
             old = self._inflight.get(msg.oldtag)
+            if old is None:
+                replying = self._replying.get(msg.oldtag)
+                if replying is not None:  # its reply is on its way: Rflush goes after it
+                    replying.flushes.append((msg.tag, reply))
+                    return
             if old is not None:
                 if old.state == _QUEUED or (old.cancel is not None and old.cancel()):
                     old.state = _DROPPED  # never replied to

@@ -765,3 +765,26 @@ def test_holder_hook_checks_the_object(pt):
         os.close(f_fd)
     finally:
         os.close(g_fd)
+
+
+def test_tag_reused_from_inside_the_reply_is_served_and_a_racing_flush_follows_the_reply(pt, caplog):
+    # Linux frees a tag as soon as it reads the reply and may reuse it at once; a Tflush that
+    # crossed the reply must still get its Rflush after that reply, never before it.
+    _tree, c = pt  # fid 0 is attached to the export root
+    order: list = []
+    second: queue.Queue = queue.Queue()
+
+    def first_reply(frame):
+        order.append(("reply", M.decode(frame)))
+        # Tflush of the tag whose reply is being delivered right now, then a reuse of that tag.
+        c.s.submit(M.encode(M.Tflush(201, 100)), lambda f: order.append(("flush", M.decode(f))))
+        c.s.submit(M.encode(M.Tgetattr(100, 0, C.GETATTR_BASIC)), second.put)
+
+    with caplog.at_level("WARNING", logger="xen9p_worker.dispatch"):
+        c.s.submit(M.encode(M.Tgetattr(100, 0, C.GETATTR_BASIC)), first_reply)
+        again = M.decode(second.get(timeout=DEADLINE))
+    assert isinstance(again, M.Rgetattr) and again.tag == 100
+    kinds = [k for k, _ in order]
+    assert kinds == ["reply", "flush"], order
+    assert isinstance(order[1][1], M.Rflush) and order[1][1].tag == 201
+    assert not [r for r in caplog.records if "reused" in r.getMessage()]
