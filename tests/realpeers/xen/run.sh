@@ -4,7 +4,7 @@
 # real hypervisor in dom0, print a summary; exit 0 only if every check passed.
 #   env: XEN9P_CACHE (image cache), XEN9P_REALXEN_RUN_DIR (default /var/tmp/xen9p-realxen/run-<time>),
 #        XEN9P_REALXEN_CASES (default "platform qemu_xen9p xen9p_9pfs"; CI's reduced run: "xen9p_only"),
-#        XEN9P_REALXEN_TIMEOUT (wall-clock seconds per boot, default 1500), XEN9P_REBUILD=1
+#        XEN9P_REALXEN_TIMEOUT (wall-clock seconds per boot, default 3000), XEN9P_REBUILD=1
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/../../.." && pwd)
@@ -32,7 +32,7 @@ echo "$CASES" > "$RUN/results/cases"
 
 B=$SECONDS
 python3 "$HERE/boot.py" --images "$IMG" --src "$SRC" --results "$RUN/results" \
-    --timeout "${XEN9P_REALXEN_TIMEOUT:-1500}" --stall "${XEN9P_REALXEN_STALL:-240}"
+    --timeout "${XEN9P_REALXEN_TIMEOUT:-3000}" --stall "${XEN9P_REALXEN_STALL:-240}"
 say "QEMU finished in $((SECONDS - B))s"
 echo "boot_total_s	$((SECONDS - B))" >> "$RUN/results/host-timings.tsv"
 python3 "$HERE/summarize.py" "$RUN" --cases "$CASES"

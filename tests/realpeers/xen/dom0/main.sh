@@ -109,8 +109,8 @@ EOS
     done
     xenstore-ls -f > $R/$N-xenstore-paused.txt 2>&1
     t1=$(up); timeout 60 xl unpause $N; log "xl unpause rc=$?"
-    if wait_console $N "P9T DONE" 900; then log "domU $N finished in $(since $t1)s"
-    else check $N:finished FAIL "no P9T DONE within 900s"; xenstore-ls -f > $R/$N-xenstore-stuck.txt 2>&1
+    if wait_console $N "P9T DONE" 1500; then log "domU $N finished in $(since $t1)s"
+    else check $N:finished FAIL "no P9T DONE: gave up $(since $t1)s after unpause (budget 1500)"; xenstore-ls -f > $R/$N-xenstore-stuck.txt 2>&1
          timeout 30 python3 -m xen9p_supervisor.xen9pctl --json status > $R/$N-xen9pctl-stuck.json 2>&1; fi
     timing ${N}_run_s $(since $t1)
     [ -n "$XEN9PD" ] && timeout 30 python3 -m xen9p_supervisor.xen9pctl --json status > $R/$N-xen9pctl-status.json 2>&1
@@ -137,7 +137,7 @@ stage_qemu_xen9p() {  # one domU: a QEMU-served tag and an xen9p-served xen_9pfs
     mkdir -p /srv/qemu; echo "hello qemu" > /srv/qemu/hello.txt
     # xen9pd must not also claim backend/9pfs/<domid>/0, which QEMU serves here.
     start_xen9pd xen_9pfs qemu_xen9p || return
-    run_domu qemu_xen9p qemu,xen9p "'tag=qemu,security_model=none,path=/srv/qemu'" xen_9pfs:1:xen9p:/srv/xen9p
+    run_domu qemu_xen9p xen9p,qemu "'tag=qemu,security_model=none,path=/srv/qemu'" xen_9pfs:1:xen9p:/srv/xen9p
     stop_xen9pd
     local got=$(md5sum /srv/qemu/big.bin 2>/dev/null | cut -d' ' -f1)
     local want=$(tr -d '\r' < $R/qemu_xen9p-console.log | sed -n "s/^SUM qemu big.bin //p")
@@ -147,7 +147,7 @@ stage_qemu_xen9p() {  # one domU: a QEMU-served tag and an xen9p-served xen_9pfs
 
 stage_xen9p_9pfs() {  # the QEMU kind served by xen9p; no p9 line, so libxl starts no QEMU for this domU
     start_xen9pd "9pfs xen_9pfs" xen9p_9pfs || return
-    run_domu xen9p_9pfs xen9p 9pfs:0:xen9p:/srv/xen9p9
+    run_domu xen9p_9pfs xen9p "" 9pfs:0:xen9p:/srv/xen9p9
     stop_xen9pd
 }
 
