@@ -58,7 +58,7 @@ _M32 = 0xFFFFFFFF
 T_FLUSH = M.Tflush.TYPE
 R_VERSION = M.Rversion.TYPE
 R_LERROR = M.Rlerror.TYPE
-_ROOM_POLL = 0.002  # seconds between re-reads of in_cons while a reply waits for room
+_ROOM_POLL = 0.0005  # seconds between in_cons re-reads when the loop thread itself waits for room
 
 
 class WorkerExit(Xen9pError):
@@ -185,6 +185,8 @@ class RingWorker:
         self.ring: BackendRing | None = None
         self._intf_map = self._data_map = None
         self._reply_lock = threading.Lock()
+        self._room_cv = threading.Condition()
+        self._room_waiters = 0
         self._tag_mu = threading.Lock()
         self._order: collections.deque[_Pending] = collections.deque()
         self._by_tag: dict[int, _Pending] = {}
@@ -338,6 +340,9 @@ class RingWorker:
                 if events.get(self.evtchn.fileno()):
                     for p in evt.pending():
                         evt.unmask(p)  # unmask first, then re-scan (the _pass at the loop top)
+                    if self._room_waiters:
+                        with self._room_cv:
+                            self._room_cv.notify_all()
                 if events.get(self._kick.fileno()):
                     try:
                         while self._kick.recv(16):
@@ -487,13 +492,24 @@ class RingWorker:
     def _room(self, n: int) -> list:
         """Segments for an n-byte reply at the reserve cursor, waiting for the guest to consume."""
         ring = self.ring
+        on_loop = threading.get_ident() == self._on_loop
         while True:
             try:
                 return ring.reply_segments(n)
             except NoRoom:
                 if self._fatal is not None:
                     raise RingError(msg=self._fatal)
-                time.sleep(_ROOM_POLL)  # in_cons lives in the page: re-read it shortly
+                if on_loop:
+                    # Nobody else watches the event channel: re-read in_cons shortly.
+                    time.sleep(_ROOM_POLL)
+                    continue
+                with self._room_cv:
+                    self._room_waiters += 1
+                    try:
+                        # The loop wakes us on every event (the guest notifies after consuming).
+                        self._room_cv.wait(0.05)
+                    finally:
+                        self._room_waiters -= 1
 
     def _alloc(self, p: _Pending, n: int) -> list:
         if n > self.ring.size:
