@@ -60,7 +60,7 @@ start_xen9pd() {  # KINDS NAME
     XEN9PD=$!
     local end=$(( $(now) + 180 ))
     while [ $(now) -lt $end ]; do
-        timeout 5 python3 -m xen9p_supervisor.xen9pctl ping > /dev/null 2>&1 && { log "xen9pd up (pid $XEN9PD, kinds $1)"; return 0; }
+        timeout 5 python3 -m xen9p_supervisor.xen9pctl --timeout 10 ping > /dev/null 2>&1 && { log "xen9pd up (pid $XEN9PD, kinds $1)"; return 0; }
         kill -0 $XEN9PD 2>/dev/null || break; sleep 0.5
     done
     log "xen9pd did not answer ping: $(tail -3 $R/$2-xen9pd.log | tr '\n' ' ')"; check "$2:xen9pd-start" FAIL "no ping in 180s"
@@ -100,7 +100,7 @@ run_domu() {
 $spec
 EOS
         mkdir -p $path; echo "hello $tag" > $path/hello.txt
-        if timeout 30 python3 -m xen9p_supervisor.xen9pctl attach --domid $id --devid $devid --kind $kind \
+        if timeout 30 python3 -m xen9p_supervisor.xen9pctl --timeout 30 attach --domid $id --devid $devid --kind $kind \
                 --path $path --tag $tag --security-model none > $R/$N-attach-$devid.log 2>&1; then
             check $N:attach-$kind PASS "dev$devid tag=$tag"
         else
@@ -111,9 +111,9 @@ EOS
     t1=$(up); timeout 60 xl unpause $N; log "xl unpause rc=$?"
     if wait_console $N "P9T DONE" 1500; then log "domU $N finished in $(since $t1)s"
     else check $N:finished FAIL "no P9T DONE: gave up $(since $t1)s after unpause (budget 1500)"; xenstore-ls -f > $R/$N-xenstore-stuck.txt 2>&1
-         timeout 30 python3 -m xen9p_supervisor.xen9pctl --json status > $R/$N-xen9pctl-stuck.json 2>&1; fi
+         timeout 30 python3 -m xen9p_supervisor.xen9pctl --timeout 30 --json status > $R/$N-xen9pctl-stuck.json 2>&1; fi
     timing ${N}_run_s $(since $t1)
-    [ -n "$XEN9PD" ] && timeout 30 python3 -m xen9p_supervisor.xen9pctl --json status > $R/$N-xen9pctl-status.json 2>&1
+    [ -n "$XEN9PD" ] && timeout 30 python3 -m xen9p_supervisor.xen9pctl --timeout 30 --json status > $R/$N-xen9pctl-status.json 2>&1
     wait_gone $N 60; xl destroy $N 2>/dev/null
     timing ${N}_total_s $(since $t0)
     cp /var/log/xen/console/guest-$N.log $R/$N-console.log 2>/dev/null
