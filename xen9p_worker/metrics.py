@@ -41,6 +41,7 @@ class RingMetrics:
             self.max_in_flight = self.in_flight
 
     def reply(self, mtype: int, size: int, error: bool, elapsed_ns: int) -> None:
+        """One reply published for a request of type `mtype` (the T message)."""
         with self._mu:
             self.replies += 1
             self.bytes_out += size

@@ -186,6 +186,9 @@ class RingWorker:
         self._intf_map = self._data_map = None
         self._reply_lock = threading.Lock()
         self._room_cv = threading.Condition()
+        self._flush_mu = threading.Condition()
+        self._flushes: list[list] = []
+        self._flush_thread: threading.Thread | None = None
         self._room_waiters = 0
         self._tag_mu = threading.Lock()
         self._order: collections.deque[_Pending] = collections.deque()
@@ -566,7 +569,7 @@ class RingWorker:
                 p.segs = None
                 self._reply_lock.release()
         j.published(p.slot)
-        self.metrics.reply(mtype, n, mtype == R_LERROR, time.monotonic_ns() - p.t0)
+        self.metrics.reply(p.mtype, n, mtype == R_LERROR, time.monotonic_ns() - p.t0)
         self._settle(p, replied=True)
 
     def _settle(self, p: _Pending, replied: bool) -> None:
@@ -625,8 +628,7 @@ class RingWorker:
         if self.ds.num_rings == 1:
             self._reply(p, M.encode(M.Rflush(p.tag)))
             return
-        threading.Thread(target=self._remote_flush, args=(p, oldtag), daemon=True,
-                         name=f"flush-{p.tag}").start()
+        self._remote_flush(p, oldtag)
 
     def _cancel_local(self, tag: int) -> None:
         """Another ring's Tflush asks us to withdraw tag if it waits (a blocked Tlock)."""
@@ -636,34 +638,59 @@ class RingWorker:
                 return
         self._settle(old, replied=False)
 
-    def _remote_flush(self, p: _Pending, oldtag: int, poll: float = 0.001) -> None:
-        """Wait until no other ring holds oldtag unanswered, then answer the Tflush."""
+    def _remote_flush(self, p: _Pending, oldtag: int) -> None:
+        """Ask the other rings to settle oldtag; the flush waiter answers once none holds it."""
         ds = self.ds
-        others = [r for r in range(ds.num_rings) if r != self.ring_no]
         targets = []
         with ds.mutex:
-            for r in others:
-                j = ds.journal(r)
-                targets.append((r, j, j.request_kick()))
-                j.post_cancel(oldtag)
+            for r in range(ds.num_rings):
+                if r != self.ring_no:
+                    j = ds.journal(r)
+                    targets.append((j, j.request_kick()))
+                    j.post_cancel(oldtag)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
-            for r, _, _ in targets:
+            for j, _ in targets:
                 try:
-                    sock.sendto(b"k", socket.MSG_DONTWAIT, kick_address(ds.name, r))
+                    sock.sendto(b"k", socket.MSG_DONTWAIT, kick_address(ds.name, j.ring))
                 except OSError:
-                    pass  # no live worker there; its successor will resolve its journal
+                    pass  # no live worker there; its successor resolves its journal
         finally:
             sock.close()
-        # A drain pass that started after our request has taken oldtag if it was queued.
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and not self._stopping:
-            if all(j.kick_acked() >= want for _, j, want in targets):
-                break
-            time.sleep(poll)
-        while not self._stopping and any(j.tag_pending(oldtag) for _, j, _ in targets):
-            time.sleep(poll)
-        self._reply(p, M.encode(M.Rflush(p.tag)))
+        # A drain pass that started after our kick has taken oldtag if it was queued (2 s
+        # at most: a ring without a live worker never acks).
+        with self._flush_mu:
+            self._flushes.append([p, oldtag, targets, time.monotonic() + 2.0])
+            if self._flush_thread is None:
+                self._flush_thread = threading.Thread(target=self._flush_waiter, daemon=True,
+                                                      name="remote-flush")
+                self._flush_thread.start()
+            self._flush_mu.notify()
+
+    def _flush_waiter(self, poll: float = 0.001) -> None:
+        """One thread for every Tflush that waits on other rings (a Tflush flood costs no threads)."""
+        while True:
+            with self._flush_mu:
+                while not self._flushes:
+                    self._flush_mu.wait()
+                pending = list(self._flushes)
+            ready = []
+            now = time.monotonic()
+            for item in pending:
+                p, oldtag, targets, deadline = item
+                if now < deadline and not all(j.kick_acked() >= want for j, want in targets):
+                    continue
+                if any(j.tag_pending(oldtag) for j, _ in targets):
+                    continue
+                ready.append(item)
+            if ready:
+                with self._flush_mu:
+                    for item in ready:
+                        self._flushes.remove(item)
+                for p, *_ in ready:
+                    self._reply(p, M.encode(M.Rflush(p.tag)))
+            else:
+                time.sleep(poll)  # other processes' journals have no wakeup to wait on
 
     # -- control -------------------------------------------------------------------
 
