@@ -107,6 +107,8 @@ class DeviceState:
         self.max_open_files = u32(L.H_MAX_OPEN)
         self.msize_cap = u32(L.H_MSIZE_CAP)
         self.max_space_mb = L.U64.unpack_from(self.buf, L.H_MAX_SPACE_MB)[0]
+        self.max_files = u32(L.H_MAX_FILES)
+        self.auto_delete = bool(self.buf[L.H_AUTO_DELETE])
         self.security_model = L.get_str(self.buf, L.H_SECURITY).decode()
         self.export = os.fsdecode(L.get_str(self.buf, L.H_EXPORT, wide=True))
         self.fids = ShmFidTable(self.buf, self.layout, None)  # type: ignore[arg-type]
@@ -122,7 +124,8 @@ class DeviceState:
     @classmethod
     def create(cls, name: str, *, max_fids: int, max_open_files: int, max_space_mb: int,
                export: str, security_model: str, msize_cap: int, num_rings: int,
-               xattr_slots: int = 16, lock_slots: int = 1024, journal_slots: int = 256) -> "DeviceState":
+               xattr_slots: int = 16, lock_slots: int = 1024, journal_slots: int = 256,
+               max_files: int = 0, auto_delete: bool = False) -> "DeviceState":
         """Make a fresh segment; FileExistsError if the name is taken."""
         _check_name(name)
         if not 1 <= num_rings <= 64 or max_fids < 1 or journal_slots < 1:
@@ -140,9 +143,10 @@ class DeviceState:
                              (L.H_NUM_RINGS, num_rings), (L.H_MSIZE_CAP, msize_cap),
                              (L.H_MAX_OPEN, max_open_files), (L.H_XATTR_SLOTS, xattr_slots),
                              (L.H_LOCK_SLOTS, lock_slots), (L.H_JOURNAL_SLOTS, journal_slots),
-                             (L.H_BUCKETS, lay.buckets)):
+                             (L.H_BUCKETS, lay.buckets), (L.H_MAX_FILES, max_files)):
                 L.U32.pack_into(buf, off, val)
             L.U64.pack_into(buf, L.H_MAX_SPACE_MB, max_space_mb)
+            buf[L.H_AUTO_DELETE] = 1 if auto_delete else 0
             L.put_str(buf, L.H_SECURITY, security_model.encode(), 64)
             L.put_str(buf, L.H_EXPORT, os.fsencode(export), L.HEADER_SIZE - L.H_EXPORT, wide=True)
             buf[0:8] = L.MAGIC

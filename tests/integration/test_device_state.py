@@ -18,7 +18,8 @@ def _name() -> str:
 def test_create_attach_fields_and_cleanup(tmp_path):
     name = _name()
     ds = DeviceState.create(name, max_fids=100, max_open_files=20, max_space_mb=512, export=str(tmp_path),
-                            security_model="mapped-xattr", msize_cap=128 * 1024 + 24, num_rings=4)
+                            security_model="mapped-xattr", msize_cap=128 * 1024 + 24, num_rings=4,
+                            max_files=5000, auto_delete=True)
     try:
         assert os.path.exists(os.path.join(SHM_DIR, name))
         with pytest.raises(FileExistsError):
@@ -26,7 +27,8 @@ def test_create_attach_fields_and_cleanup(tmp_path):
                                security_model="none", msize_cap=8192, num_rings=1)
         w = DeviceState.attach(name)
         assert (w.max_fids, w.max_open_files, w.max_space_mb, w.export, w.security_model, w.msize_cap,
-                w.num_rings) == (100, 20, 512, str(tmp_path), "mapped-xattr", 128 * 1024 + 24, 4)
+                w.num_rings, w.max_files, w.auto_delete) == \
+            (100, 20, 512, str(tmp_path), "mapped-xattr", 128 * 1024 + 24, 4, 5000, True)
         assert w.claim_ring(2)
         assert not ds.claim_ring(2)  # a second live worker for ring 2 is refused
         w.close()
@@ -39,6 +41,20 @@ def test_create_attach_fields_and_cleanup(tmp_path):
     assert not os.path.exists(os.path.join(SHM_DIR, name))
     with pytest.raises(DeviceStateError):
         DeviceState.attach(name)
+
+
+def test_supervisor_default_size_is_sparse():
+    """16384 fids (xen9pd's default) cost address space, not memory, until fids are used."""
+    name = _name()
+    ds = DeviceState.create(name, max_fids=16384, max_open_files=1024, max_space_mb=0, export="/",
+                            security_model="none", msize_cap=512 * 1024 + 24, num_rings=8)
+    try:
+        st = os.stat(os.path.join(SHM_DIR, name))
+        assert st.st_size > 80 << 20
+        assert st.st_blocks * 512 < 2 << 20
+    finally:
+        ds.close()
+        ds.unlink()
 
 
 def test_bad_names_and_bad_segments():
