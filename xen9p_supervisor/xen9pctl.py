@@ -105,6 +105,13 @@ def metrics_text(m: dict) -> str:
     return "\n".join(lines)
 
 
+# Queries answer at once, so a dead daemon is reported within 2 s; commands that change
+# xenstore or processes may take longer on a loaded (or emulated) dom0.
+QUERY_TIMEOUT = 1.5
+CHANGE_TIMEOUT = 30.0
+CHANGING_COMMANDS = ("attach", "detach", "restart-ring", "reload")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xen9pctl", description="Query and steer a running xen9pd.",
                                  epilog="Exit codes: 0 ok, 1 refused, 2 usage, 69 xen9pd not running.")
@@ -112,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--control", default=os.environ.get("XEN9PD_CONTROL", control.DEFAULT_CONTROL),
                     help=f"xen9pd control endpoint (default {control.DEFAULT_CONTROL}; env XEN9PD_CONTROL)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ap.add_argument("--timeout", type=float, default=1.5, help="seconds to wait for an answer (default 1.5)")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help=f"seconds to wait for an answer (default {QUERY_TIMEOUT:g}; "
+                         f"{CHANGE_TIMEOUT:g} for {', '.join(CHANGING_COMMANDS)})")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ping", help="is xen9pd alive?")
     sub.add_parser("status", help="daemon, devices and ring workers (pids, cores, uptime, restarts, rates)")
@@ -184,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         ns = ap.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    client = Client(ns.control, ns.timeout)
+    timeout = ns.timeout
+    if timeout is None:
+        timeout = CHANGE_TIMEOUT if ns.cmd in CHANGING_COMMANDS else QUERY_TIMEOUT
+    client = Client(ns.control, timeout)
     cmd, args = _request(ns.cmd, ns)
     repeat = ns.cmd == "top" or (ns.cmd == "metrics" and ns.watch)
     rounds = 0
