@@ -56,6 +56,8 @@ log = logging.getLogger("xen9p.ring")
 _HDR = struct.Struct("<IBH")
 _M32 = 0xFFFFFFFF
 T_FLUSH = M.Tflush.TYPE
+T_WRITE = M.Twrite.TYPE
+_TWRITE_HDR = 23  # size type tag fid[4] offset[8] count[4]
 R_VERSION = M.Rversion.TYPE
 R_LERROR = M.Rlerror.TYPE
 _ROOM_POLL = 0.0005  # seconds between in_cons re-reads when the loop thread itself waits for room
@@ -205,6 +207,9 @@ class RingWorker:
         self._session_epoch = -1
         self._fid_epoch = -1
         self._msize_cap = device.msize_cap or (512 * 1024 + 24)
+        # The dispatcher takes a wrapped request as a list of two views (Twrite zero-copy)
+        # when it says so; otherwise wrapped requests are copied.
+        self._segments_ok = bool(getattr(session, "accepts_segments", False))
         self._on_loop = threading.get_ident()
         # Fault injection for crash-resumption tests: die by SIGKILL at the n-th reply that
         # reaches `point` (applied | done | replying | published). None in production.
@@ -418,9 +423,18 @@ class RingWorker:
                 break
             index, size = r
             segs = ring.request_segments(index, size)
-            # A request over the ring's end is copied (once per lap); all others are served in place.
-            frame = segs[0] if len(segs) == 1 else bytes(segs[0]) + bytes(segs[1])
-            _, mtype, tag = _HDR.unpack_from(frame, 0)
+            if len(segs) == 1:
+                frame = segs[0]
+                _, mtype, tag = _HDR.unpack_from(frame, 0)
+            else:
+                # Over the ring's end (once per lap): a session that takes segments gets both
+                # views (a Twrite is then written with pwritev straight from the ring), else a copy.
+                head = bytes(segs[0][:7]) + bytes(segs[1][:max(0, 7 - len(segs[0]))])
+                _, mtype, tag = _HDR.unpack_from(head, 0)
+                if not (self._segments_ok and mtype == T_WRITE and len(segs[0]) >= _TWRITE_HDR):
+                    frame = bytes(segs[0]) + bytes(segs[1])
+                else:
+                    frame = segs
             self.metrics.request(size)
             rec = self._resume.pop(index, None) if self._resume else None
             if rec is not None:

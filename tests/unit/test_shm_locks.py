@@ -1,7 +1,6 @@
 """ShmLockTable: POSIX byte-range lock semantics shared by every attachment of a device state."""
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 
