@@ -60,7 +60,10 @@ T_WRITE = M.Twrite.TYPE
 _TWRITE_HDR = 23  # size type tag fid[4] offset[8] count[4]
 R_VERSION = M.Rversion.TYPE
 R_LERROR = M.Rlerror.TYPE
-_ROOM_POLL = 0.0005  # seconds between in_cons re-reads when the loop thread itself waits for room
+
+
+class _Abandon(Xen9pError):
+    """A reply given up at shutdown (no room before the deadline); the journal keeps it."""
 
 
 class WorkerExit(Xen9pError):
@@ -189,6 +192,8 @@ class RingWorker:
         self._reply_lock = threading.Lock()
         self._room_cv = threading.Condition()
         self._flush_mu = threading.Condition()
+        self._deferred: list[tuple[_Pending, bytes]] = []  # loop-thread replies waiting for room
+        self._stop_deadline = float("inf")
         self._flushes: list[list] = []
         self._flush_thread: threading.Thread | None = None
         self._room_waiters = 0
@@ -369,6 +374,7 @@ class RingWorker:
         """Stop taking requests, answer those in flight, exit (safe from a signal handler)."""
         self._stopping = True
         self._stop_reason = reason
+        self._stop_deadline = self.clock() + self.drain_timeout
         self._wake()
 
     def _pass(self) -> None:
@@ -389,6 +395,8 @@ class RingWorker:
                 tags = j.take_cancels()
             for tag in tags:
                 self._cancel_local(tag)
+        if self._deferred:
+            self._retry_deferred()
         kick = j.kick_requested()
         if not self._stopping:
             self._drain()
@@ -486,6 +494,14 @@ class RingWorker:
         p.fix, p.req = fix, out
         self._serve(p, out)
 
+    def _retry_deferred(self) -> None:
+        pending, self._deferred = self._deferred, []
+        for i, (p, data) in enumerate(pending):
+            self._reply(p, data, retry=True)
+            if self._deferred:  # still no room: keep the rest, in order, behind it
+                self._deferred.extend(pending[i + 1:])
+                return
+
     def _advance(self) -> None:
         """Move out_cons past the finished prefix, then free those journal records."""
         order = self._order
@@ -507,7 +523,11 @@ class RingWorker:
     # -- replies (any thread) ------------------------------------------------------
 
     def _room(self, n: int) -> list:
-        """Segments for an n-byte reply at the reserve cursor, waiting for the guest to consume."""
+        """Segments for an n-byte reply at the reserve cursor, waiting for the guest to consume.
+
+        On the loop thread it never waits (raises NoRoom: the reply is deferred), so
+        heartbeats and the event channel keep being served while a guest does not consume.
+        """
         ring = self.ring
         on_loop = threading.get_ident() == self._on_loop
         while True:
@@ -517,9 +537,9 @@ class RingWorker:
                 if self._fatal is not None:
                     raise RingError(msg=self._fatal)
                 if on_loop:
-                    # Nobody else watches the event channel: re-read in_cons shortly.
-                    time.sleep(_ROOM_POLL)
-                    continue
+                    raise
+                if self._stopping and self.clock() >= self._stop_deadline:
+                    raise _Abandon("stopping with no room for a reply: left to a successor")
                 with self._room_cv:
                     self._room_waiters += 1
                     try:
@@ -540,11 +560,11 @@ class RingWorker:
         p.held = True
         return p.segs
 
-    def _reply(self, p: _Pending, result) -> None:
+    def _reply(self, p: _Pending, result, retry: bool = False) -> None:
         ring = self.ring
         j = self.journal
         fault = self._fault
-        if fault is not None:
+        if fault is not None and not retry:
             self._crash("applied")
         try:
             if isinstance(result, int):
@@ -560,6 +580,9 @@ class RingWorker:
                 if mtype == R_VERSION:
                     self._version_reset()
                 if not p.held:
+                    if self._deferred and threading.get_ident() == self._on_loop and not retry:
+                        self._deferred.append((p, data))  # keep the loop's replies in order
+                        return
                     j.done(p.slot, data)  # stored when small: resent after a crash, not re-run
                     if fault is not None:
                         self._crash("done")
@@ -576,6 +599,12 @@ class RingWorker:
         except RingError as e:
             self._fatal = str(e)
             self._wake()
+            return
+        except NoRoom:
+            # Loop thread, guest not consuming: retried in order at the next passes.
+            self._deferred.append((p, data))
+            return
+        except _Abandon:
             return
         finally:
             if p.held:

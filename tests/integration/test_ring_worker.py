@@ -362,3 +362,26 @@ def test_sigterm_drains_and_exits_zero(device_factory):
     assert all(isinstance(v, (int, float)) for v in last.values())
     assert any(s.get("op_Tgetattr_total", 0) > 0 and s.get("op_Tgetattr_latency_us_le_inf", 0) ==
                s["op_Tgetattr_total"] for s in stats)
+
+
+def test_guest_not_consuming_replies_stalls_nothing_else(device_factory):
+    d = device_factory(num_rings=1, order=0)  # 2 KiB: about twelve Rgetattr fit
+    d.start()
+    version(d, 4096)
+    attach(d)
+    base = len(d.guest.replies)
+    frames = [M.encode(M.Tgetattr(100 + i, 0, GETATTR_ALL)) for i in range(60)]
+    r = d.guest.rings[0]
+    for f in frames:  # written without taking any reply off the ring
+        assert r.fr.write_request(f)
+    d.guest.evt.notify(r.port)
+    seen = len(d.msgs)
+    # The worker keeps its loop: heartbeats go on while replies wait for room.
+    for _ in range(2):
+        d.wait_msg(lambda n, m: m.get("type") == "heartbeat" and d.msgs.index((n, m)) >= seen, "heartbeat")
+        seen = len(d.msgs)
+    assert d.procs[0].poll() is None
+    wait_for(lambda: d.guest.poll(0.02) is not None and len(d.guest.replies) - base >= 60, what="60 replies")
+    d.guest.poll(0.05)
+    tags = sorted(t for _, t, _ in d.guest.replies[base:])
+    assert tags == list(range(100, 160))
