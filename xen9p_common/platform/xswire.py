@@ -1,173 +1,32 @@
-"""The xenstore wire protocol (xs_wire.h) and XsWireClient, our own small client for it.
+"""XsWireClient: our own small xenstore client over a Unix socket or /dev/xen/xenbus, every wait bounded.
 
 Used where pyxs falls short: /dev/xen/xenbus, watches with timeouts, empty values, and the simulator tooling.
 """
 from __future__ import annotations
 
-import enum
 import errno
 import os
-import re
 import select
 import socket
-import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
 from ..errors import XenStoreError
 from . import Perm, Transaction, WatchEvent, XenStore
+# The wire format lives in xsproto; re-exported because callers import it from here.
+from .xsproto import (ABS_PATH_MAX, ERROR_NAMES, HEADER, PAYLOAD_MAX, REL_PATH_MAX, FrameReader,
+                      WireError, XsMessage, XsType, check_path, decode_value, encode_value, errno_from_name,
+                      errno_name, pack_message, path_error, split_strings)
+
+from .xswire_tx import WireTransaction, xs_get_perms, xs_list, xs_mkdir, xs_read, xs_rm, xs_set_perms, xs_write
+
+__all__ = ["ABS_PATH_MAX", "ERROR_NAMES", "HEADER", "PAYLOAD_MAX", "REL_PATH_MAX", "FrameReader", "WireError",
+           "XsMessage", "XsType", "XsWireClient", "check_path", "decode_value", "encode_value",
+           "errno_from_name", "errno_name", "pack_message", "path_error", "split_strings"]
 
 T = TypeVar("T")
-
-HEADER = struct.Struct("<IIII")  # type, req_id, tx_id, len
-PAYLOAD_MAX = 4096
-ABS_PATH_MAX = 3072
-REL_PATH_MAX = 2048
-
-
-class XsType(enum.IntEnum):
-    DEBUG = 0
-    DIRECTORY = 1
-    READ = 2
-    GET_PERMS = 3
-    WATCH = 4
-    UNWATCH = 5
-    TRANSACTION_START = 6
-    TRANSACTION_END = 7
-    INTRODUCE = 8
-    RELEASE = 9
-    GET_DOMAIN_PATH = 10
-    WRITE = 11
-    MKDIR = 12
-    RM = 13
-    SET_PERMS = 14
-    WATCH_EVENT = 15
-    ERROR = 16
-    IS_DOMAIN_INTRODUCED = 17
-    RESUME = 18
-    SET_TARGET = 19
-    RESET_WATCHES = 21
-    DIRECTORY_PART = 22
-
-
-# The errno names xenstored may answer with (xsd_errors in xs_wire.h).
-ERROR_NAMES = ("EINVAL", "EACCES", "EEXIST", "EISDIR", "ENOENT", "ENOMEM", "ENOSPC", "EIO",
-               "ENOTEMPTY", "ENOSYS", "EROFS", "EBUSY", "EAGAIN", "EISCONN", "E2BIG", "EPERM")
-
-
-def errno_name(err: int) -> str:
-    """The wire name for an errno; errnos outside the xenstore list become EIO."""
-    name = errno.errorcode.get(err, "EIO")
-    return name if name in ERROR_NAMES else "EIO"
-
-
-def errno_from_name(name: str) -> int:
-    """The errno for a wire name; like libxenstore, an unknown name means EINVAL."""
-    if name in ERROR_NAMES:
-        return getattr(errno, name)
-    return errno.EINVAL
-
-
-@dataclass(frozen=True)
-class XsMessage:
-    type: int
-    req_id: int
-    tx_id: int
-    payload: bytes
-
-    def pack(self) -> bytes:
-        return pack_message(self.type, self.req_id, self.tx_id, self.payload)
-
-    def __repr__(self) -> str:
-        p = self.payload if len(self.payload) <= 64 else self.payload[:64] + b"..."
-        try:
-            t = XsType(self.type).name
-        except ValueError:
-            t = str(self.type)
-        return f"XsMessage({t}, req_id={self.req_id}, tx_id={self.tx_id}, {p!r})"
-
-
-class WireError(XenStoreError):
-    """A peer broke the framing (oversized payload): the connection cannot be resynchronised."""
-
-    def __init__(self, msg: str) -> None:
-        super().__init__(errno.EPROTO, msg)
-
-
-def pack_message(mtype: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
-    if len(payload) > PAYLOAD_MAX:
-        raise XenStoreError(errno.E2BIG, f"xenstore payload of {len(payload)} bytes > {PAYLOAD_MAX}")
-    return HEADER.pack(mtype, req_id & 0xFFFFFFFF, tx_id & 0xFFFFFFFF, len(payload)) + payload
-
-
-class FrameReader:
-    """Cuts a byte stream into whole messages (sans-IO: feed bytes, take messages)."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[XsMessage]:
-        self._buf += data
-        out = []
-        while len(self._buf) >= HEADER.size:
-            mtype, req_id, tx_id, length = HEADER.unpack_from(self._buf)
-            if length > PAYLOAD_MAX:
-                raise WireError(f"xenstore message announces {length} payload bytes")
-            if len(self._buf) < HEADER.size + length:
-                break
-            payload = bytes(self._buf[HEADER.size:HEADER.size + length])
-            del self._buf[:HEADER.size + length]
-            out.append(XsMessage(mtype, req_id, tx_id, payload))
-        return out
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
-
-_PATH_RE = re.compile(r"^[A-Za-z0-9\-/_@]+$")
-
-
-def path_error(path: str, *, watch: bool = False) -> str | None:
-    """Why `path` is not a valid xenstore node path (or watch path), or None if it is."""
-    if watch and path.startswith("@"):
-        return None if _PATH_RE.match(path) and len(path) <= REL_PATH_MAX else "bad special watch path"
-    if not path or not _PATH_RE.match(path):
-        return "path must be [A-Za-z0-9-/_@]+"
-    if "//" in path or (len(path) > 1 and path.endswith("/")):
-        return "path has '//' or a trailing '/'"
-    if len(path) > (ABS_PATH_MAX if path.startswith("/") else REL_PATH_MAX):
-        return "path too long"
-    return None
-
-
-def check_path(path: str, *, watch: bool = False) -> bytes:
-    """Validate and encode a path; raises XenStoreError(EINVAL)."""
-    why = path_error(path, watch=watch)
-    if why:
-        raise XenStoreError(errno.EINVAL, f"invalid xenstore path {path!r}: {why}")
-    return path.encode("ascii")
-
-
-def encode_value(value: str) -> bytes:
-    return value.encode("utf-8", "surrogateescape")
-
-
-def decode_value(value: bytes) -> str:
-    return value.decode("utf-8", "surrogateescape")
-
-
-def split_strings(payload: bytes) -> list[str]:
-    """NUL-terminated strings of a reply ('a\\0b\\0' -> ['a', 'b']); empty payload -> []."""
-    if not payload:
-        return []
-    parts = payload.split(b"\0")
-    if parts[-1] == b"":
-        parts.pop()
-    return [decode_value(p) for p in parts]
 
 
 class _Pending:
@@ -320,25 +179,25 @@ class XsWireClient(XenStore):
     # -- XenStore ---------------------------------------------------------
 
     def read(self, path: str) -> str | None:
-        return _read(self, path, 0)
+        return xs_read(self, path, 0)
 
     def write(self, path: str, value: str) -> None:
-        _write(self, path, value, 0)
+        xs_write(self, path, value, 0)
 
     def mkdir(self, path: str) -> None:
-        self.request(XsType.MKDIR, check_path(path) + b"\0")
+        xs_mkdir(self, path, 0)
 
     def rm(self, path: str) -> None:
-        self.request(XsType.RM, check_path(path) + b"\0")
+        xs_rm(self, path, 0)
 
     def list(self, path: str) -> list[str]:
-        return _list(self, path, 0)
+        return xs_list(self, path, 0)
 
     def get_perms(self, path: str) -> list[Perm]:
-        return _get_perms(self, path, 0)
+        return xs_get_perms(self, path, 0)
 
     def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
-        _set_perms(self, path, perms, 0)
+        xs_set_perms(self, path, perms, 0)
 
     def exists(self, path: str) -> bool:
         try:
@@ -351,8 +210,8 @@ class XsWireClient(XenStore):
 
     def transaction(self, fn: Callable[[Transaction], T], retries: int = 16) -> T:
         for _ in range(retries + 1):
-            tx_id = int(self.request(XsType.TRANSACTION_START, b"\0").rstrip(b"\0"))
-            tx = _WireTransaction(self, tx_id)
+            tx_id = self.start_transaction()
+            tx = WireTransaction(self, tx_id)
             try:
                 result = fn(tx)
             except XenStoreError as e:
@@ -364,7 +223,7 @@ class XsWireClient(XenStore):
                 self._end(tx_id, commit=False)
                 raise
             try:
-                self.request(XsType.TRANSACTION_END, b"T\0", tx_id=tx_id)
+                self.end_transaction(tx_id, commit=True)
                 return result
             except XenStoreError as e:
                 if e.errno != errno.EAGAIN:
@@ -373,7 +232,7 @@ class XsWireClient(XenStore):
 
     def _end(self, tx_id: int, commit: bool) -> None:
         try:
-            self.request(XsType.TRANSACTION_END, b"T\0" if commit else b"F\0", tx_id=tx_id)
+            self.end_transaction(tx_id, commit)
         except XenStoreError:
             pass  # aborting a transaction that is already gone is not an error worth reporting
 
@@ -386,7 +245,7 @@ class XsWireClient(XenStore):
         self.request(XsType.TRANSACTION_END, b"T\0" if commit else b"F\0", tx_id=tx_id)
 
     def bind_transaction(self, tx_id: int) -> "Transaction":
-        return _WireTransaction(self, tx_id)
+        return WireTransaction(self, tx_id)
 
     def watch(self, path: str, token: str) -> None:
         self.request(XsType.WATCH, check_path(path, watch=True) + b"\0" + encode_value(token) + b"\0")
@@ -466,80 +325,3 @@ class XsWireClient(XenStore):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# Shared by the client and its transactions, which differ only in tx_id.
-
-def _read(c: XsWireClient, path: str, tx_id: int) -> str | None:
-    try:
-        return decode_value(c.request(XsType.READ, check_path(path) + b"\0", tx_id))
-    except XenStoreError as e:
-        if e.errno == errno.ENOENT:
-            return None
-        raise
-
-
-def _write(c: XsWireClient, path: str, value: str, tx_id: int) -> None:
-    c.request(XsType.WRITE, check_path(path) + b"\0" + encode_value(value), tx_id)
-
-
-def _list(c: XsWireClient, path: str, tx_id: int) -> list[str]:
-    p = check_path(path) + b"\0"
-    try:
-        return split_strings(c.request(XsType.DIRECTORY, p, tx_id))
-    except XenStoreError as e:
-        if e.errno != errno.E2BIG:
-            raise
-    # Too many children for one reply: page through DIRECTORY_PART, restarting if the node changes.
-    for _ in range(16):
-        names: list[bytes] = []
-        offset, gen = 0, None
-        while True:
-            reply = c.request(XsType.DIRECTORY_PART, p + b"%d\0" % offset, tx_id)
-            g, _, rest = reply.partition(b"\0")
-            if gen is not None and g != gen:
-                break
-            gen = g
-            done = rest.endswith(b"\0\0") or rest in (b"", b"\0")
-            chunk = rest[:-1] if done and rest else rest
-            parts = [x for x in chunk.split(b"\0") if x]
-            names.extend(parts)
-            offset += sum(len(x) + 1 for x in parts)
-            if done:
-                return [decode_value(n) for n in names]
-    raise XenStoreError(errno.EAGAIN, f"children of {path} kept changing")
-
-
-def _get_perms(c: XsWireClient, path: str, tx_id: int) -> list[Perm]:
-    return [Perm.parse(s) for s in split_strings(c.request(XsType.GET_PERMS, check_path(path) + b"\0", tx_id))]
-
-
-def _set_perms(c: XsWireClient, path: str, perms: Sequence[Perm], tx_id: int) -> None:
-    if not perms:
-        raise XenStoreError(errno.EINVAL, "a permission list needs at least the owner entry")
-    payload = check_path(path) + b"\0" + b"".join(p.wire().encode() + b"\0" for p in perms)
-    c.request(XsType.SET_PERMS, payload, tx_id)
-
-
-class _WireTransaction(Transaction):
-    def __init__(self, client: XsWireClient, tx_id: int) -> None:
-        self.client = client
-        self.tx_id = tx_id
-
-    def read(self, path: str) -> str | None:
-        return _read(self.client, path, self.tx_id)
-
-    def write(self, path: str, value: str) -> None:
-        _write(self.client, path, value, self.tx_id)
-
-    def mkdir(self, path: str) -> None:
-        self.client.request(XsType.MKDIR, check_path(path) + b"\0", self.tx_id)
-
-    def rm(self, path: str) -> None:
-        self.client.request(XsType.RM, check_path(path) + b"\0", self.tx_id)
-
-    def list(self, path: str) -> list[str]:
-        return _list(self.client, path, self.tx_id)
-
-    def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
-        _set_perms(self.client, path, perms, self.tx_id)

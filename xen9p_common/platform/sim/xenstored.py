@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..xswire import PAYLOAD_MAX, XsMessage, XsType, errno_name, pack_message
+from ..xsproto import PAYLOAD_MAX, XsMessage, XsType, errno_name, pack_message
 from .xs_access import Ctx
 from .xs_conn import Conn
 from .xs_requests import HANDLERS, split_args

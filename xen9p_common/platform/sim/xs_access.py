@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 from dataclasses import replace
 
-from ..xswire import path_error
+from ..xsproto import path_error
 from .xs_store import WRITE, Node, Perms, Tx, XsFail, basename, parent_of, perm_bits
 
 

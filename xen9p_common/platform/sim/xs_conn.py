@@ -9,7 +9,7 @@ import socket
 import threading
 from collections import deque
 
-from ..xswire import FrameReader, WireError
+from ..xsproto import FrameReader, WireError
 from .xs_store import Tx
 from .xs_watches import Watch
 

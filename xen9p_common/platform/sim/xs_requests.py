@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 from dataclasses import replace
 
-from ..xswire import PAYLOAD_MAX, XsMessage, XsType
+from ..xsproto import PAYLOAD_MAX, XsMessage, XsType
 from .xs_access import Ctx
 from .xs_store import KIND_BITS, READ, WRITE, Tx, XsFail
 from .xs_watches import Watch, watch_event

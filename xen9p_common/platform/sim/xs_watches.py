@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..xswire import XsType, pack_message
+from ..xsproto import XsType, pack_message
 from .xs_store import READ, Perms, is_under, perm_bits
 
 
