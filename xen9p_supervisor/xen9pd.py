@@ -12,20 +12,20 @@ import signal
 import sys
 import time
 from importlib import metadata
-from typing import Any
 
 import zmq
 
 from xen9p_common import control
 from xen9p_common.errors import ConfigError, Xen9pError, XenStoreError
-from xen9p_common.platform import Transaction, XenStore, open_platform
-from xen9p_common.xenbus import Event
+from xen9p_common.platform import XenStore, open_platform
 
 from . import config as configmod
 from .control_server import CommandError, ControlServer, bind_private
+from .daemon_commands import ControlCommands
 from .devstate import DeviceStateFactory, make_factory
 from .device import Context, Device
 from .discovery import Discovery
+from .libxl_node import StartupError, hold_libxl_node, release_libxl_node
 from .metrics import Metrics, PrometheusExporter
 from .sdnotify import Notifier
 from .workers import CpuAllocator, Launcher, Ring
@@ -33,7 +33,6 @@ from .workers import CpuAllocator, Launcher, Ring
 log = logging.getLogger("xen9pd")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
-LIBXL_NODE = "/local/domain/{self}/libxl/xen-9pfs"
 MAX_POLL = 0.5  # seconds; timers are checked at least this often
 
 
@@ -53,11 +52,7 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-class StartupError(Xen9pError):
-    """xen9pd cannot start (xenstore unreachable, another daemon holds the node); exit 69."""
-
-
-class Supervisor:
+class Supervisor(ControlCommands):
     """The daemon's state and loop. Collaborators come in; nothing here reads argv or the environment."""
 
     def __init__(self, cfg: configmod.Config, xs: XenStore, self_domid: int, zctx: zmq.Context,
@@ -103,13 +98,6 @@ class Supervisor:
         except zmq.ZMQError:
             pass  # not connected (yet or any more): SIGTERM follows anyway
 
-    def _send_log_level(self, r: Ring, level: str) -> None:
-        try:
-            self.workers.send_multipart([r.name.encode(), control.dumps(
-                {"v": control.VERSION, "type": control.S_LOG_LEVEL, "level": level})], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
-
     def install_signals(self) -> None:
         # The handlers do nothing: the wakeup fd carries the signal numbers into the loop.
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
@@ -117,36 +105,14 @@ class Supervisor:
         signal.set_wakeup_fd(self.sig_w, warn_on_full_buffer=False)
 
     def hold_libxl_node(self) -> None:
-        """Tell libxl a xen-9pfsd is running (so xl does not start one), like xen-9pfsd itself does."""
-        if "xen_9pfs" not in self.cfg.kinds or not self.cfg.hold_libxl_node:
-            return
-        base = LIBXL_NODE.format(self=self.self_domid)
-
-        def tx(t: Transaction) -> None:
-            if t.read(base + "/state") is not None:
-                pid = (t.read(base + "/pid") or "").strip()
-                if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-                    raise StartupError(f"{base}/state is held by a running daemon (pid {pid}); "
-                                       f"stop it (xen-9pfsd or another xen9pd) first")
-            t.write(base + "/state", "running")
-            t.write(base + "/pid", str(os.getpid()))
-
-        self.xs.transaction(tx)
-        self.holding_libxl_node = True
-        log.info("holding %s/state = running for libxl", base)
+        if "xen_9pfs" in self.cfg.kinds and self.cfg.hold_libxl_node:
+            hold_libxl_node(self.xs, self.self_domid)
+            self.holding_libxl_node = True
 
     def release_libxl_node(self) -> None:
-        if not self.holding_libxl_node:
-            return
-        base = LIBXL_NODE.format(self=self.self_domid)
-        try:
-            def tx(t: Transaction) -> None:
-                if (t.read(base + "/pid") or "").strip() == str(os.getpid()):
-                    t.rm(base)
-            self.xs.transaction(tx)
-        except XenStoreError as e:
-            log.warning("cannot remove %s: %s", base, e)
-        self.holding_libxl_node = False
+        if self.holding_libxl_node:
+            release_libxl_node(self.xs, self.self_domid)
+            self.holding_libxl_node = False
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -310,121 +276,6 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         os.close(self.sig_r)
         os.close(self.sig_w)
-
-    # -- commands (control_server.Daemon) -------------------------------------------------
-
-    def device_status(self) -> list[dict]:
-        snap = self.metrics.snapshot
-        out = []
-        for dev in sorted(self.devices(), key=lambda d: (d.domid, d.devid)):
-            st = dev.status()
-            dm = snap["devices"].get(dev.name, {})
-            st["requests_per_s"] = dm.get("requests_per_s", 0.0)
-            st["mb_per_s"] = dm.get("mb_per_s", 0.0)
-            for r in st["rings"]:
-                rm = snap["rings"].get(r["name"], {})
-                r["requests_per_s"] = rm.get("requests_per_s", 0.0)
-                r["mb_per_s"] = rm.get("mb_per_s", 0.0)
-                r["cpu_percent"] = rm.get("cpu_percent", 0.0)
-                r["rss_bytes"] = rm.get("rss_bytes", 0)
-            out.append(st)
-        return out
-
-    def status(self) -> dict:
-        devs = self.device_status()
-        return {"daemon": {"pid": os.getpid(), "version": version(), "platform": self.platform_name,
-                           "self_domid": self.self_domid, "kinds": list(self.cfg.kinds),
-                           "uptime": round(time.time() - self.started, 3), "cpus": list(self.cpus.cpus),
-                           "devices": len(devs), "rings": sum(len(d["rings"]) for d in devs),
-                           "log_level": logging.getLevelName(log.level).lower()},
-                "devices": devs}
-
-    def metrics_snapshot(self) -> dict:
-        return self.metrics.snapshot
-
-    def _device(self, name: str) -> Device:
-        for dev in self.devices():
-            if dev.name == name:
-                return dev
-        raise CommandError("no-such-device", f"no device {name!r} (see 'xen9pctl devices')")
-
-    def detach(self, name: str) -> dict:
-        dev = self._device(name)
-        dev.fail_reason = None
-        log.info("%s: detach requested by the operator", dev.name)
-        dev.feed(Event.BACKEND_OFFLINE)
-        return {"device": dev.name, "state": str(dev.state)}
-
-    def restart_ring(self, name: str) -> dict:
-        dev = self._device(name.rpartition("/")[0])
-        r = dev.rings.by_name(name) if dev.rings else None
-        if r is None:
-            raise CommandError("no-such-ring", f"no running ring {name!r}")
-        log.info("%s: restart requested by the operator", name)
-        dev.rings.restart_ring(r, self._send_stop)
-        return {"ring": name, "pid": r.pid, "cpu": r.cpu}
-
-    def set_log_level(self, level: str) -> dict:
-        level = level.lower()
-        if level not in configmod.LOG_LEVELS:
-            raise CommandError("bad-args", f"level must be one of {', '.join(configmod.LOG_LEVELS)}")
-        log.setLevel(level.upper())
-        for dev in self.devices():
-            for r in (dev.rings.rings if dev.rings else []):
-                self._send_log_level(r, level)
-        log.info("log level now %s", level)
-        return {"level": level}
-
-    def reload(self) -> dict:
-        if self.reload_config is None:
-            raise CommandError("unsupported", "no configuration source to reload from")
-        try:
-            new = self.reload_config()
-        except ConfigError as e:
-            log.error("reload refused, keeping the old configuration: bad config: %s", e)
-            raise CommandError("bad-config", str(e)) from None
-        fixed = [k for k in ("platform", "sim_dir", "control", "metrics", "workers", "prometheus")
-                 if getattr(new, k) != getattr(self.cfg, k)]
-        if fixed:
-            log.warning("reload: %s change only on restart", ", ".join(fixed))
-        changed = [o.name for o in configmod.OPTIONS if getattr(new, o.name) != getattr(self.cfg, o.name)
-                   and o.name not in fixed]
-        keep = {k: getattr(self.cfg, k) for k in fixed}
-        self.cfg = configmod.with_changes(new, **keep)
-        self.ctx.cfg = self.cfg
-        self.launcher.worker_cmd = self.cfg.worker_cmd
-        self.cpus.set_cpus(self.cfg.usable_cpus())
-        log.setLevel(self.cfg.log_level.upper())
-        self.discovery.set_kinds(self.cfg.kinds)
-        self.discovery.rescan()
-        log.info("configuration reloaded (%s)", ", ".join(changed) or "no changes")
-        return {"changed": changed, "need_restart": fixed}
-
-    def attach(self, args: dict) -> dict:
-        from . import toolstack
-        try:
-            domid = int(args["domid"])
-            kw = dict(backend_domid=self.self_domid, domid=domid, devid=int(args.get("devid", 0)),
-                      kind=str(args.get("kind", "xen_9pfs")), path=str(args["path"]), tag=str(args["tag"]),
-                      security_model=str(args.get("security_model", "none")), limits=args.get("limits") or {})
-        except (KeyError, TypeError, ValueError) as e:
-            raise CommandError("bad-args", f"attach needs domid, path and tag: {e}") from None
-        try:
-            be, fe = toolstack.attach(self.xs, **kw)
-        except (toolstack.ToolstackError, XenStoreError) as e:
-            raise CommandError("attach-failed", str(e)) from None
-        self.discovery.rescan()
-        return {"backend": be, "frontend": fe}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _control_answers(zctx: zmq.Context, endpoint: str, timeout: float = 0.5) -> bool:
