@@ -73,17 +73,11 @@ class XenstoredServer:
         return self
 
     def _listen(self, path: str, domid: int) -> socket.socket:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        _unlink_if_there(path)
         # Bind under a temporary name and rename once listening, so that a client that
         # sees the path never gets ECONNREFUSED.
         tmp = f"{path}.new"
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_if_there(tmp)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(tmp)
         s.listen(64)
@@ -124,10 +118,7 @@ class XenstoredServer:
         for c in conns:
             c.reader.join(5)
         for path in [self.socket_path] + [f"{self.socket_path}.d{d}" for d in self.domains]:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            _unlink_if_there(path)
         for t in self._threads:
             t.join(5)
 
@@ -163,10 +154,7 @@ class XenstoredServer:
             return False
         if dom.listener is not None:
             _close_listener(dom.listener)
-            try:
-                os.unlink(self.domain_socket(domid))
-            except FileNotFoundError:
-                pass
+            _unlink_if_there(self.domain_socket(domid))
         for c in list(dom.conns):
             c.close()
         return True
@@ -214,6 +202,13 @@ def _close_listener(s: socket.socket) -> None:
     except OSError:
         pass
     s.close()
+
+
+def _unlink_if_there(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def main(argv: Iterable[str] | None = None) -> int:
