@@ -11,15 +11,14 @@ import errno
 import os
 import stat
 
-from xen9p_common.p9 import Qid, pack_dirent
+from xen9p_common.p9 import Qid
 from xen9p_common.p9 import constants as C
 
 from . import hostops as H
 from .dirents import DirReader
 from .qidmap import QidPathMap
-from .secmodel import Where, make_model
+from .secmodel import Passthrough, Where, make_model
 
-_DT_QTYPE = {4: C.QTDIR, 10: C.QTSYMLINK}
 _FLAG_MAP = tuple((lf, hf) for lf, hf in C.PASSTHROUGH_OPEN_FLAGS.items() if hf is not None)
 
 
@@ -220,28 +219,17 @@ class LocalBackend:
     # -- directories --------------------------------------------------------
 
     def readdir(self, fd: int, offset: int, count: int, reader: DirReader) -> bytes:
-        """Packed Rreaddir payload of at most `count` bytes starting at cookie `offset`."""
+        """Packed Rreaddir payload of at most `count` bytes starting at cookie `offset`.
+
+        No stat per entry: qid.type comes from d_type and qid.version is 0, as in QEMU.
+        """
         dev = os.fstat(fd).st_dev
-        mapped = self.model.mapped
-        hidden = self.model.hidden
         qpath = self.qidmap.path
-        out = bytearray()
-        while True:
-            ents = reader.read(fd, offset)
-            if not ents:
-                return bytes(out)
-            for ino, doff, dtype, name in ents:
-                if hidden(name):
-                    offset = doff
-                    continue
-                if len(out) + 24 + len(name) > count:
-                    return bytes(out)
-                qtype = _DT_QTYPE.get(dtype, C.QTFILE)
-                if mapped and dtype != 4:
-                    # A host file may stand in for a symlink or device: let the client ask.
-                    dtype, qtype = 0, C.QTFILE
-                pack_dirent(out, Qid(qtype, 0, qpath(dev, ino)), doff, dtype, name)
-                offset = doff
+        hidden = self.model.hidden
+        if getattr(type(self.model), "hidden", None) is Passthrough.hidden:
+            hidden = None  # hides nothing: skip a call per entry
+        return reader.pack(fd, offset, count, self.qidmap.base(dev), lambda ino: qpath(dev, ino),
+                           hidden, self.model.mapped)
 
     def disk_usage(self) -> int:
         """Bytes allocated to everything under the export (for the max-space limit)."""

@@ -27,6 +27,13 @@ class QidPathMap:
             return (p << _INO_BITS) | ino
         return self._overflow_path(dev, ino)
 
+    def base(self, dev: int) -> int | None:
+        """The bits path(dev, ino) ORs a 48-bit ino into; None when dev's paths all go to the overflow map."""
+        p = self._prefix.get(dev)
+        if p is None:
+            p = self._new_prefix(dev)
+        return p << _INO_BITS if p < 0xFFFF else None
+
     def _new_prefix(self, dev: int) -> int:
         with self._lock:
             p = self._prefix.get(dev)
