@@ -2,6 +2,8 @@
 
 A reader thread per connection splits the stream into frames and submits them;
 replies are written whole under a per-connection lock from whichever thread ends the request.
+Rread is read from the file straight into a reusable reply buffer (the dispatcher's `alloc`)
+and sent from it; a big request frame is received straight into its own buffer.
 """
 from __future__ import annotations
 
@@ -9,12 +11,18 @@ import logging
 import os
 import selectors
 import socket
+import struct
 import threading
 
 from xen9p_common.errors import DecodeError
-from xen9p_common.p9 import FrameBuffer
+from xen9p_common.p9 import messages as M
 
 log = logging.getLogger("xen9p.socket")
+
+_U32 = struct.Struct("<I")
+_RECV_SIZE = 256 * 1024   # the reader's buffer; frames that fit are copied out of it once
+_DIRECT = 16 * 1024       # a partial frame at least this big is received into its own buffer
+_TREAD = M.Tread.TYPE
 
 
 class Connection:
@@ -27,6 +35,7 @@ class Connection:
         self._send_mu = threading.Lock()
         self._closed = False
         self._max_frame = server.msize_cap
+        self.read_bufs: list[bytearray] = []  # free Rread buffers; at most one per concurrent Tread
         self.thread = threading.Thread(target=self._serve, name=f"9p-conn-{name}", daemon=True)
 
     def start(self) -> None:
@@ -42,21 +51,60 @@ class Connection:
                 log.debug("%s: send failed: %s", self.name, e)
 
     def _serve(self) -> None:
-        fb = FrameBuffer(max_size=self._max_frame)
         try:
-            while True:
-                data = self.sock.recv(1 << 20)
-                if not data:
-                    break
-                fb.feed(data)
-                for frame in fb.frames():
-                    self.session.submit(frame, self.reply)
+            self._read_frames()
         except DecodeError as e:
             log.warning("%s: unframeable stream, disconnecting: %s", self.name, e)
         except OSError as e:
             log.debug("%s: receive failed: %s", self.name, e)
         finally:
             self.close()
+
+    def _read_frames(self) -> None:
+        buf = bytearray(_RECV_SIZE)
+        mv = memoryview(buf)
+        recv_into = self.sock.recv_into
+        have = 0
+        while True:
+            n = recv_into(mv[have:])
+            if not n:
+                return
+            have += n
+            start = 0
+            while have - start >= 4:
+                (size,) = _U32.unpack_from(buf, start)
+                if size < M.HEADER_SIZE:
+                    raise DecodeError(f"frame size {size} is below the 7-byte header")
+                if size > self._max_frame:
+                    raise DecodeError(f"frame of {size} bytes exceeds the limit {self._max_frame}")
+                if have - start < size:
+                    break
+                self._submit(bytes(mv[start:start + size]))
+                start += size
+            if have - start >= 4 and (size >= _DIRECT or size > _RECV_SIZE - start):
+                # A big frame (a Twrite): the rest goes straight into its own buffer.
+                frame = bytearray(size)
+                got = have - start
+                frame[:got] = mv[start:have]
+                fmv = memoryview(frame)
+                while got < size:
+                    n = recv_into(fmv[got:])
+                    if not n:
+                        return
+                    got += n
+                self._submit(frame)
+                have = 0
+            elif start:
+                rest = bytes(mv[start:have])
+                mv[:len(rest)] = rest
+                have = len(rest)
+
+    def _submit(self, frame) -> None:
+        if frame[4] == _TREAD:
+            r = _ReadReply(self)
+            self.session.submit(frame, r.reply, r.alloc)
+        else:
+            self.session.submit(frame, self.reply)
 
     def close(self) -> None:
         with self._send_mu:
@@ -69,6 +117,39 @@ class Connection:
         except OSError:
             pass
         self.sock.close()
+
+
+class _ReadReply:
+    """One Tread's reply: alloc() lends a connection buffer the handler reads into; reply() sends it back."""
+
+    __slots__ = ("conn", "buf")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.buf = None
+
+    def alloc(self, size: int) -> list:
+        bufs = self.conn.read_bufs
+        try:
+            buf = bufs.pop()  # list.pop/append are atomic: no lock for the free list
+        except IndexError:
+            buf = None
+        if buf is None or len(buf) < size:
+            buf = bytearray(max(size, 64 * 1024 + 24))
+        self.buf = buf
+        return [memoryview(buf)[:size]]
+
+    def reply(self, frame) -> None:
+        buf, self.buf = self.buf, None
+        try:
+            if isinstance(frame, int):
+                with memoryview(buf) as v:
+                    self.conn.reply(v[:frame])
+            else:
+                self.conn.reply(frame)
+        finally:
+            if buf is not None:
+                self.conn.read_bufs.append(buf)
 
 
 def parse_listen(spec: str) -> tuple[str, object]:
