@@ -88,12 +88,47 @@ def t_read(s, m, req):
         return M.Rread(m.tag, e.xattr_value[m.offset:m.offset + count])
     if e.kind != FID_FILE:
         raise OSError(errno.EBADF if e.kind == FID_PATH else errno.EISDIR, "fid not open for reading")
+    if req.alloc is None:
+        slot = open_slot(s, m.fid, e)
+        try:
+            return M.Rread(m.tag, os.pread(slot.fd, count, m.offset))
+        finally:
+            s.fds.release(slot)
+    segs = req.alloc(11 + count)
+    views = carve(segs, 11, count)
+    if not count or type(m) not in s._inline:
+        return _read_into(s, m, e, segs, views, count)
+    # Served on the transport's thread: only what the page cache holds now; anything that
+    # would wait for the disk is read again on the worker pool, which then sends the reply.
+    n = _read_cached(s, m, e, views, count)
+    if n is None:
+        from .handlers import PENDING  # handlers imports this module
+        s._pool_submit(s._run, req, lambda s, m, req: _read_into(s, m, e, segs, views, count))
+        return PENDING
+    write_into(segs, 0, _RREAD_HDR.pack(11 + n, M.Rread.TYPE, m.tag, n))
+    return 11 + n
+
+
+def _read_cached(s, m, e, views, count: int) -> int | None:
+    """Bytes read without waiting for the disk, or None if that would need it (or a short read is not EOF)."""
     slot = open_slot(s, m.fid, e)
     try:
-        if req.alloc is None:
-            return M.Rread(m.tag, os.pread(slot.fd, count, m.offset))
-        segs = req.alloc(11 + count)
-        views = carve(segs, 11, count)
+        try:
+            n = os.preadv(slot.fd, views, m.offset, os.RWF_NOWAIT)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EOPNOTSUPP):
+                return None
+            raise
+        if n < count and m.offset + n < os.fstat(slot.fd).st_size:
+            return None  # part of it is not cached: a short read is only for EOF
+        return n
+    finally:
+        s.fds.release(slot)
+
+
+def _read_into(s, m, e, segs, views, count: int) -> int:
+    slot = open_slot(s, m.fid, e)
+    try:
         n = os.preadv(slot.fd, views, m.offset) if count else 0
     finally:
         s.fds.release(slot)

@@ -193,6 +193,9 @@ class SocketTransport:
     """Serves a listening socket (or one inherited connected socket) until stop() is called."""
 
     def __init__(self, server, sock: socket.socket) -> None:
+        # This transport's alloc never waits, so a Tread may start on the reader thread: it is
+        # served there when the page cache holds the data (t_read), else handed to the pool.
+        server.inline = server.inline | {M.Tread}
         self.server = server
         self.sock = sock
         self.conns: set[Connection] = set()
