@@ -122,6 +122,8 @@ class RingChannel:
                 ev.unmask(p)
 
     def close(self) -> None:
+        if self.ring is not None:
+            self.ring.release()
         self.ring = None
         self._intf.release()
         self._data.release()

@@ -25,49 +25,11 @@ from xen9p_common import control  # noqa: E402
 from xen9p_common.p9 import messages as M  # noqa: E402
 from xen9p_common.platform.sim.evtchn import SimEventChannels  # noqa: E402
 from xen9p_common.platform.sim.grants import SimDomainMemory  # noqa: E402
-from xen9p_common import ring as _ring
-from xen9p_common.errors import RingError
-from xen9p_common.ring import FrontendRing, Intf, IntfLayout, ring_size  # noqa: E402
+from xen9p_common.ring import FrontendRing, Intf, ring_size  # noqa: E402
 from xen9p_worker.device_state import DeviceState  # noqa: E402
 
 GUEST = 9
 _TAG = struct.Struct("<H")
-
-
-class AtomicFrontendRing(FrontendRing):
-    """FrontendRing with single 4-byte index stores (struct.pack_into zero-fills first, so a
-    worker could read out_prod == 0 mid-store). Drop once ring.py stores atomically."""
-
-    __slots__ = ("_u32",)
-
-    def __init__(self, intf, data, order: int) -> None:
-        super().__init__(intf, data, order)
-        self._u32 = intf.cast("I")
-
-    def write_request(self, msg) -> bool:
-        n = len(msg)
-        if n > self._size:
-            raise ValueError(f"request of {n} bytes can never fit a ring of {self._size}")
-        if n > self.request_space():
-            return False
-        _ring._write(self._out, self._out_prod, msg, self._size)
-        self._out_prod = (self._out_prod + n) & 0xFFFFFFFF
-        self._u32[IntfLayout.OUT_PROD >> 2] = self._out_prod
-        return True
-
-    def read_reply(self):
-        avail = self.replies_queued()
-        if avail < 4:
-            return None
-        msize = _ring._read_u32_wrapped(self._in, self._in_cons & self._mask, self._size)
-        if msize < 7 or msize > self._size:
-            raise RingError(msg=f"reply size {msize} outside [7, {self._size}]")
-        if msize > avail:
-            return None
-        data = _ring._copy(self._in, self._in_cons, msize, self._size)
-        self._in_cons = (self._in_cons + msize) & 0xFFFFFFFF
-        self._u32[IntfLayout.IN_CONS >> 2] = self._in_cons
-        return data
 
 
 class Bench:
@@ -94,7 +56,7 @@ class Bench:
             refs = [self.mem.grant_access(f, 0) for f in frames[1:]]
             intf = self.mem.pages_view(frames[0], 1)
             Intf(intf).setup(order, refs)
-            fr = AtomicFrontendRing(intf, self.mem.pages_view(frames[1], 1 << order), order)
+            fr = FrontendRing(intf, self.mem.pages_view(frames[1], 1 << order), order)
             self.rings.append((ref, self.evt.alloc_unbound(0), fr))
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)

@@ -5,6 +5,7 @@ Pure: no mapping, no event channels; the worker maps the pages and hands them ov
 from __future__ import annotations
 
 import struct
+import sys
 from typing import Iterator
 
 from xen9p_common.errors import RingError, Xen9pError
@@ -18,8 +19,22 @@ from xen9p_common.errors import RingError, Xen9pError
 # little-endian hosts, and a constant 4-byte memcpy compiles to one mov: no torn
 # indexes. Other architectures would need real fences; we only support x86-64 dom0s.
 _U32 = struct.Struct("<I")
-_load = _U32.unpack_from
-_store = _U32.pack_into
+_load = _U32.unpack_from  # loads only: stores of index words go through _words()
+
+if sys.byteorder != "little":  # the index words are little-endian u32s read through a native view
+    raise ImportError("xen9p_common.ring needs a little-endian host (x86, arm)")
+
+
+def _words(intf: memoryview) -> memoryview:
+    """The intf page as native u32 words: item stores are single aligned 4-byte stores.
+
+    Never struct.pack_into for an index: it zero-fills the field before writing it, so a
+    peer polling the index can read 0 in between (seen under load as a ring violation).
+    """
+    mv = memoryview(intf)
+    if mv.format != "B":
+        mv = mv.cast("B")
+    return mv[: len(mv) & ~3].cast("I")
 _M32 = 0xFFFFFFFF
 
 HEADER_SIZE = 7  # size[4] type[1] tag[2]
@@ -105,6 +120,8 @@ def _write(buf: memoryview, start: int, data: bytes | memoryview, size: int) -> 
 class Intf:
     """The intf page: u32 index loads/stores, ring_order and refs read once."""
 
+    # No lasting view of the page is kept: a caller must be able to unmap it right after
+    # (even while an exception from read_refs still holds this object in a traceback).
     __slots__ = ("buf", "ring_order", "refs")
 
     def __init__(self, buf: memoryview) -> None:
@@ -115,26 +132,27 @@ class Intf:
         self.refs: tuple[int, ...] | None = None
 
     def load(self, offset: int) -> int:
-        return _load(self.buf, offset)[0]
+        return _load(self.buf, offset)[0]  # one aligned 4-byte read
 
     def store(self, offset: int, value: int) -> None:
-        _store(self.buf, offset, value & _M32)
+        with _words(self.buf) as w:
+            w[offset >> 2] = value & _M32
 
     def in_cons(self) -> int:
-        return _load(self.buf, 0)[0]
+        return self.load(IntfLayout.IN_CONS)
 
     def in_prod(self) -> int:
-        return _load(self.buf, 4)[0]
+        return self.load(IntfLayout.IN_PROD)
 
     def out_cons(self) -> int:
-        return _load(self.buf, 64)[0]
+        return self.load(IntfLayout.OUT_CONS)
 
     def out_prod(self) -> int:
-        return _load(self.buf, 68)[0]
+        return self.load(IntfLayout.OUT_PROD)
 
     def read_refs(self, max_order: int = IntfLayout.MAX_RING_ORDER) -> tuple[int, tuple[int, ...]]:
         """Copy ring_order and the data refs once (the guest may change the page later)."""
-        order = _load(self.buf, IntfLayout.RING_ORDER)[0]
+        order = self.load(IntfLayout.RING_ORDER)
         if order > max_order:
             raise RingError(msg=f"ring_order {order} above the maximum {max_order}")
         count = 1 << order
@@ -150,8 +168,8 @@ class Intf:
         if len(refs) != 1 << order or len(refs) > max_refs_in_intf_page(len(self.buf)):
             raise ValueError(f"ring_order {order} needs {1 << order} refs, got {len(refs)}")
         for off in (IntfLayout.IN_CONS, IntfLayout.IN_PROD, IntfLayout.OUT_CONS, IntfLayout.OUT_PROD):
-            _store(self.buf, off, 0)
-        _store(self.buf, IntfLayout.RING_ORDER, order)
+            self.store(off, 0)
+        self.store(IntfLayout.RING_ORDER, order)
         struct.pack_into(f"<{len(refs)}I", self.buf, IntfLayout.REF, *refs)
 
 
@@ -172,7 +190,7 @@ class BackendRing:
     are written at a private reserve cursor and become visible only when published.
     """
 
-    __slots__ = ("_ibuf", "_size", "_mask", "_in", "_out", "_out_cons", "_cursor",
+    __slots__ = ("_iw", "_size", "_mask", "_in", "_out", "_out_cons", "_cursor",
                  "_in_prod", "_resv", "_limit", "_max_msize")
 
     def __init__(self, intf: memoryview, data: memoryview, order: int, max_msize: int,
@@ -182,20 +200,25 @@ class BackendRing:
             raise ValueError(f"ring_order {order} out of range")
         if len(intf) < IntfLayout.REF:
             raise ValueError("intf page too small")
-        self._ibuf = intf
+        self._iw = _words(intf)
         self._size, self._in, self._out = _halves(data, order)
         self._mask = self._size - 1
-        oc = _load(intf, IntfLayout.OUT_CONS)[0] if out_cons is None else out_cons & _M32
-        ip = _load(intf, IntfLayout.IN_PROD)[0] if in_prod is None else in_prod & _M32
+        oc = self._iw[16] if out_cons is None else out_cons & _M32
+        ip = self._iw[1] if in_prod is None else in_prod & _M32
         self._out_cons = self._cursor = oc
         self._in_prod = self._resv = ip
         self._max_msize = 0
         self._limit = 0
         self.max_msize = max_msize
         if out_cons is not None:
-            _store(intf, IntfLayout.OUT_CONS, oc)
+            self._iw[16] = oc
         if in_prod is not None:
-            _store(intf, IntfLayout.IN_PROD, ip)
+            self._iw[1] = ip
+
+    def release(self) -> None:
+        """Drop this ring's views of the pages (a grant mapping cannot be unmapped while viewed)."""
+        for v in (self._iw, self._in, self._out):
+            v.release()
 
     # -- properties ---------------------------------------------------------
 
@@ -242,7 +265,7 @@ class BackendRing:
     # -- requests (OUT half) ------------------------------------------------
 
     def _examine(self, cur: int) -> tuple[int, int] | None:
-        prod = _load(self._ibuf, 68)[0]
+        prod = self._iw[17]
         cons = self._out_cons
         avail_all = (prod - cons) & _M32
         taken = (cur - cons) & _M32
@@ -296,7 +319,7 @@ class BackendRing:
         if (new - self._out_cons) & _M32 > (self._cursor - self._out_cons) & _M32:
             self._cursor = new
         self._out_cons = new
-        _store(self._ibuf, 64, new)
+        self._iw[16] = new
 
     def consume_to(self, index: int) -> None:
         """Publish out_cons = `index`, which must lie between out_cons and the read cursor."""
@@ -304,7 +327,7 @@ class BackendRing:
         if (index - self._out_cons) & _M32 > (self._cursor - self._out_cons) & _M32:
             raise ValueError(f"consume_to({index:#x}) past the read cursor {self._cursor:#x}")
         self._out_cons = index
-        _store(self._ibuf, 64, index)
+        self._iw[16] = index
 
     def rewind(self) -> None:
         """Forget taken-but-unconsumed requests: the cursor goes back to out_cons."""
@@ -314,7 +337,7 @@ class BackendRing:
 
     def reply_space(self) -> int:
         """Bytes free in IN after everything reserved so far."""
-        cons = _load(self._ibuf, 0)[0]
+        cons = self._iw[0]
         used = (self._resv - cons) & _M32
         if used > self._size or (self._in_prod - cons) & _M32 > used:
             raise RingError(msg=f"in_cons {cons:#x} is not behind in_prod {self._in_prod:#x}")
@@ -337,13 +360,13 @@ class BackendRing:
     def publish(self) -> None:
         """Make every reserved reply visible: in_prod = reserve cursor."""
         self._in_prod = self._resv
-        _store(self._ibuf, 4, self._resv)
+        self._iw[1] = self._resv
 
     def publish_reply(self, size: int) -> None:
         """The reply of `size` bytes written via reply_segments is whole: publish it and all before it."""
         self._resv = (self._resv + size) & _M32
         self._in_prod = self._resv
-        _store(self._ibuf, 4, self._resv)
+        self._iw[1] = self._resv
 
     def write_reply(self, msg: bytes | memoryview) -> bool:
         """Copy one whole reply in and publish it; False if there is no room yet."""
@@ -360,14 +383,19 @@ class BackendRing:
 class FrontendRing:
     """The guest's mirror (tests, simulated guest, bench): whole requests out, whole replies in."""
 
-    __slots__ = ("_ibuf", "_size", "_mask", "_in", "_out", "_out_prod", "_in_cons")
+    __slots__ = ("_iw", "_size", "_mask", "_in", "_out", "_out_prod", "_in_cons")
 
     def __init__(self, intf: memoryview, data: memoryview, order: int) -> None:
-        self._ibuf = intf
+        self._iw = _words(intf)
         self._size, self._in, self._out = _halves(data, order)
         self._mask = self._size - 1
-        self._out_prod = _load(intf, IntfLayout.OUT_PROD)[0]
-        self._in_cons = _load(intf, IntfLayout.IN_CONS)[0]
+        self._out_prod = self._iw[17]
+        self._in_cons = self._iw[0]
+
+    def release(self) -> None:
+        """Drop this ring's views of the pages."""
+        for v in (self._iw, self._in, self._out):
+            v.release()
 
     @property
     def size(self) -> int:
@@ -382,7 +410,7 @@ class FrontendRing:
         return self._in_cons
 
     def request_space(self) -> int:
-        cons = _load(self._ibuf, 64)[0]
+        cons = self._iw[16]
         used = (self._out_prod - cons) & _M32
         if used > self._size:
             raise RingError(msg=f"out_cons {cons:#x} is not behind out_prod {self._out_prod:#x}")
@@ -397,11 +425,11 @@ class FrontendRing:
             return False
         _write(self._out, self._out_prod, msg, self._size)
         self._out_prod = (self._out_prod + n) & _M32
-        _store(self._ibuf, 68, self._out_prod)
+        self._iw[17] = self._out_prod
         return True
 
     def replies_queued(self) -> int:
-        prod = _load(self._ibuf, 4)[0]
+        prod = self._iw[1]
         avail = (prod - self._in_cons) & _M32
         if avail > self._size:
             raise RingError(msg=f"in_prod {prod:#x} is {avail} bytes past in_cons, ring holds {self._size}")
@@ -420,5 +448,5 @@ class FrontendRing:
             return None
         data = _copy(self._in, self._in_cons, msize, self._size)
         self._in_cons = (self._in_cons + msize) & _M32
-        _store(self._ibuf, 0, self._in_cons)
+        self._iw[0] = self._in_cons
         return data

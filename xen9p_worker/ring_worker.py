@@ -108,40 +108,6 @@ class _Pending:
         self.w._reply(self, result)
 
 
-class AtomicIndexRing(BackendRing):
-    """BackendRing whose index stores are single aligned 4-byte stores.
-
-    struct.pack_into (what ring.py's _store uses) zero-fills the field before packing it,
-    so a guest polling in_prod can read 0 between the two writes; a u32 memoryview item
-    store is one mov. (Reported upstream; drop this class once ring.py stores atomically.)
-    """
-
-    __slots__ = ("_u32",)
-
-    def __init__(self, intf: memoryview, data: memoryview, order: int, max_msize: int) -> None:
-        super().__init__(intf, data, order, max_msize)
-        self._u32 = intf.cast("I")
-
-    def consume_to(self, index: int) -> None:
-        index &= _M32
-        if (index - self._out_cons) & _M32 > (self._cursor - self._out_cons) & _M32:
-            raise ValueError(f"consume_to({index:#x}) past the read cursor {self._cursor:#x}")
-        self._out_cons = index
-        self._u32[IntfLayout.OUT_CONS >> 2] = index
-
-    def publish(self) -> None:
-        self._in_prod = self._resv
-        self._u32[IntfLayout.IN_PROD >> 2] = self._resv
-
-    def publish_reply(self, size: int) -> None:
-        self._resv = (self._resv + size) & _M32
-        self._in_prod = self._resv
-        self._u32[IntfLayout.IN_PROD >> 2] = self._resv
-
-    def release(self) -> None:
-        self._u32.release()
-
-
 class _ResumedPending(_Pending):
     """A re-run request: its reply passes through ResumeFixup.translate."""
 
@@ -244,7 +210,7 @@ class RingWorker:
         if any(r == 0 for r in refs):
             raise WorkerExit(self.EXIT_RING, f"{self.name}: ring data ref 0")
         self._data_map = self.grants.map(self.domid, list(refs))
-        self.ring = AtomicIndexRing(intf_buf, self._data_map.buf, order, self._limit())
+        self.ring = BackendRing(intf_buf, self._data_map.buf, order, self._limit())
         self.order = order
         self.port = self.evtchn.bind_interdomain(self.domid, self.remote_port)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -789,8 +755,6 @@ class RingWorker:
         if ring is not None:
             # Our slices of the mappings must go first, or the mapping cannot be torn down.
             ring.release()
-            for v in (ring.in_half, ring.out_half, ring._ibuf):
-                v.release()
             del ring
         gc.collect()
         for m in (self._data_map, self._intf_map):

@@ -163,6 +163,8 @@ class MiniBackend:
             self.connects += 1
             self._loop(ev, rings, ports)
         finally:
+            for r in rings:
+                r.release()
             rings.clear()
             for mp in maps:
                 mp.unmap()

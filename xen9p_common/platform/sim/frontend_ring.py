@@ -62,6 +62,8 @@ class GuestRing:
 
     def reload(self) -> None:
         """Re-read our indexes from the page after a misbehaviour wrote them behind our back."""
+        if self.fr is not None:
+            self.fr.release()
         self.fr = FrontendRing(self.intf_view, self.data_view, self.order)
 
     def release(self, evtchn: SimEventChannels | None, deadline: float) -> list[int]:
@@ -96,6 +98,8 @@ class GuestRing:
 
     def drop_views(self) -> None:
         """Let go of guest memory, so the domain's mapping can be closed."""
+        if self.fr is not None:
+            self.fr.release()
         self.fr = None
         for v in (self.intf_view, self.data_view):
             if v is not None:
