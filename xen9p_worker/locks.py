@@ -74,6 +74,39 @@ def _conflicts(a: Lock, type_: int, start: int, end: int, owner: Owner) -> bool:
             and (a.type == LOCK_TYPE_WRLCK or type_ == LOCK_TYPE_WRLCK))
 
 
+def apply_lock(locks: list, owner, type_: int, s: int, e: int) -> list | None:
+    """POSIX fcntl semantics on one file's lock list: the list after owner sets type_ on [s, e).
+
+    None if another owner's lock conflicts. The owner's own overlapping locks are trimmed to
+    the parts outside [s, e) (so a lock replaces or unlocks part of them); a new read or
+    write lock merges with the owner's adjacent or overlapping locks of the same type.
+    Pure: shared by the in-process and the shared-memory lock tables.
+    """
+    if type_ != LOCK_TYPE_UNLCK and any(_conflicts(lk, type_, s, e, owner) for lk in locks):
+        return None
+    out = []
+    for lk in locks:
+        if lk.owner != owner or lk.end <= s or e <= lk.start:
+            out.append(lk)
+            continue
+        if lk.start < s:
+            out.append(Lock(lk.start, s, lk.type, owner))
+        if e < lk.end:
+            out.append(Lock(e, lk.end, lk.type, owner))
+    if type_ in (LOCK_TYPE_RDLCK, LOCK_TYPE_WRLCK):
+        new = Lock(s, e, type_, owner)
+        merged = []
+        for lk in out:
+            if lk.owner == owner and lk.type == type_ and lk.start <= new.end and new.start <= lk.end:
+                new = Lock(min(lk.start, new.start), max(lk.end, new.end), type_, owner)
+            else:
+                merged.append(lk)
+        merged.append(new)
+        out = merged
+    out.sort(key=lambda lk: lk.start)
+    return out
+
+
 class LocalLockTable(LockTable):
     def __init__(self) -> None:
         self._mu = threading.Lock()
@@ -143,32 +176,11 @@ class LocalLockTable(LockTable):
     # -- internals (self._mu held) ------------------------------------------
 
     def _try_locked(self, key, owner, type_, s, e, fid) -> bool:
-        lst = self._locks.get(key, [])
-        if type_ != LOCK_TYPE_UNLCK and any(_conflicts(lk, type_, s, e, owner) for lk in lst):
+        out = apply_lock(self._locks.get(key, []), owner, type_, s, e)
+        if out is None:
             return False
-        out = []
-        for lk in lst:
-            if lk.owner != owner or lk.end <= s or e <= lk.start:
-                out.append(lk)
-                continue
-            # Trim the owner's overlapping lock to the parts outside [s, e).
-            if lk.start < s:
-                out.append(Lock(lk.start, s, lk.type, owner))
-            if e < lk.end:
-                out.append(Lock(e, lk.end, lk.type, owner))
         if type_ in (LOCK_TYPE_RDLCK, LOCK_TYPE_WRLCK):
-            new = Lock(s, e, type_, owner)
-            merged = []
-            for lk in out:
-                # Adjacent or overlapping ranges of the same owner and type become one.
-                if lk.owner == owner and lk.type == type_ and lk.start <= new.end and new.start <= lk.end:
-                    new = Lock(min(lk.start, new.start), max(lk.end, new.end), type_, owner)
-                else:
-                    merged.append(lk)
-            merged.append(new)
-            out = merged
             self._fids.setdefault((key, owner), set()).add(fid)
-        out.sort(key=lambda lk: lk.start)
         if out:
             self._locks[key] = out
         else:

@@ -10,9 +10,9 @@ import struct
 import threading
 from typing import Callable, Hashable
 
-from xen9p_common.p9.constants import LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK, LOCK_TYPE_WRLCK
+from xen9p_common.p9.constants import LOCK_TYPE_RDLCK, LOCK_TYPE_WRLCK
 
-from ..locks import Lock, LockTable, Waiter, lock_range
+from ..locks import Lock, LockTable, Waiter, apply_lock, lock_range
 from . import layout as L
 from .mutex import ShmMutex
 
@@ -112,30 +112,11 @@ class ShmLockTable(LockTable):
 
     def _try(self, kd: bytes, owner, type_: int, s: int, e: int, fid: int) -> bool:
         locks, marks, used = self._load(kd)
-        if type_ != LOCK_TYPE_UNLCK and any(_conflicts(lk, type_, s, e, owner) for lk in locks):
+        out = apply_lock(locks, owner, type_, s, e)
+        if out is None:
             return False
-        out = []
-        for lk in locks:
-            if lk.owner != owner or lk.end <= s or e <= lk.start:
-                out.append(lk)
-                continue
-            if lk.start < s:
-                out.append(Lock(lk.start, s, lk.type, owner))
-            if e < lk.end:
-                out.append(Lock(e, lk.end, lk.type, owner))
-        if type_ in (LOCK_TYPE_RDLCK, LOCK_TYPE_WRLCK):
-            new = Lock(s, e, type_, owner)
-            merged = []
-            for lk in out:
-                if lk.owner == owner and lk.type == type_ and lk.start <= new.end and new.start <= lk.end:
-                    new = Lock(min(lk.start, new.start), max(lk.end, new.end), type_, owner)
-                else:
-                    merged.append(lk)
-            merged.append(new)
-            out = merged
-            if (owner, fid) not in marks:
-                marks.append((owner, fid))
-        out.sort(key=lambda lk: lk.start)
+        if type_ in (LOCK_TYPE_RDLCK, LOCK_TYPE_WRLCK) and (owner, fid) not in marks:
+            marks.append((owner, fid))
         self._store(kd, out, marks, used)
         return True
 
