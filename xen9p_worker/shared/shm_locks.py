@@ -12,7 +12,7 @@ from typing import Callable, Hashable
 
 from xen9p_common.p9.constants import LOCK_TYPE_RDLCK, LOCK_TYPE_WRLCK
 
-from ..locks import Lock, LockTable, Waiter, apply_lock, lock_range
+from ..locks import Lock, LockTable, Waiter, _conflicts, apply_lock, lock_range
 from . import layout as L
 from .mutex import ShmMutex
 
@@ -28,11 +28,6 @@ _RETRY_INTERVAL = 0.005
 def key_digest(key: Hashable) -> bytes:
     """Stable across processes (unlike hash() of str/bytes): 16 bytes of blake2b of repr."""
     return hashlib.blake2b(repr(key).encode(), digest_size=16).digest()
-
-
-def _conflicts(a: Lock, type_: int, start: int, end: int, owner) -> bool:
-    return (a.owner != owner and a.start < end and start < a.end
-            and (a.type == LOCK_TYPE_WRLCK or type_ == LOCK_TYPE_WRLCK))
 
 
 class ShmLockTable(LockTable):
