@@ -1,6 +1,6 @@
 """Simulated interdomain event channels with Xen's semantics across processes on one machine.
 
-Port state lives in a per-domain table file (the "hypervisor"); a datagram socket per handle is the doorbell.
+Port bindings live in a per-domain table file (the "hypervisor"), events in per-port counters; a datagram socket per handle is the doorbell.
 """
 from __future__ import annotations
 
@@ -27,11 +27,26 @@ ECS_FREE = 0
 ECS_UNBOUND = 1
 ECS_INTERDOMAIN = 2
 
-# PENDING: an event arrived while MASKED. MASKED: delivered and not yet unmasked (the Linux
-# evtchn driver masks a port when it queues it). FIRED: queued for pending() of the owner.
-F_PENDING = 1
-F_MASKED = 2
-F_FIRED = 4
+# Events travel without the table lock, through three u32 words per port after the table:
+# SENT counts events raised (written only by the peer port's handle, the one notifier),
+# SEEN is the SENT value the owner last delivered and MASKED is set from delivery until
+# unmask (both written only by the owner). An event is pending while SENT != SEEN.
+# A notifier stores SENT, then (after a full fence) loads MASKED; unmask stores MASKED,
+# then (after a fence) loads SENT: one of the two always sees the other, so an event
+# raised while masked is delivered at unmask (Dekker). The doorbell datagram is sent only
+# when the port is unmasked and no earlier event is still undelivered (that one's wakeup
+# is already on its way), so a busy peer costs no syscall per notify.
+EV_WORDS = 4  # per port: sent, seen, masked, unused
+EV_SENT, EV_SEEN, EV_MASKED = 0, 1, 2
+_M32 = 0xFFFFFFFF
+_fence_lock = threading.Lock()
+
+
+def _fence() -> None:
+    # Taking a lock is a locked read-modify-write: a full barrier on x86, ordering the
+    # SENT/MASKED store before the load that follows it (in any process's view of the page).
+    _fence_lock.acquire()
+    _fence_lock.release()
 
 
 def evtchn_dir(sim_dir: str) -> str:
@@ -48,24 +63,40 @@ def _doorbell_name(sim_key: str, pid: int, nonce: int) -> bytes:
     return f"\0xen9p-evtchn-{sim_key}-{pid}-{nonce:08x}".encode()
 
 
+_EV_OFF = NR_PORTS * PORT_ENTRY.size  # the event words follow the port table
+
+
 class _Table:
-    """One domain's port table, mapped; callers hold its flock while touching entries."""
+    """One domain's port table and event words, mapped; callers hold its flock while touching entries."""
 
     def __init__(self, sim_dir: str, domid: int) -> None:
         os.makedirs(evtchn_dir(sim_dir), exist_ok=True)
-        size = NR_PORTS * PORT_ENTRY.size
+        size = _EV_OFF + NR_PORTS * EV_WORDS * 4
         self.fd = os.open(ports_path(sim_dir, domid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if os.fstat(self.fd).st_size < size:
             os.ftruncate(self.fd, size)  # growing is idempotent when two processes race
         self.mem = mmap.mmap(self.fd, size, mmap.MAP_SHARED)
+        # Native u32 items: each load/store is one aligned 4-byte access (never torn).
+        self.ev = memoryview(self.mem)[_EV_OFF:].cast("I")
 
     def get(self, port: int) -> list[int]:
         return list(PORT_ENTRY.unpack_from(self.mem, port * PORT_ENTRY.size))
 
+    def peek(self, port: int) -> tuple:
+        """The entry read without the lock (notify's routing: a race with a close is benign)."""
+        return PORT_ENTRY.unpack_from(self.mem, port * PORT_ENTRY.size)
+
     def put(self, port: int, entry: list[int]) -> None:
         PORT_ENTRY.pack_into(self.mem, port * PORT_ENTRY.size, *entry)
 
+    def clear_events(self, port: int, pending: bool) -> None:
+        """A port being (re)bound: forget old events; `pending` raises one (owner only)."""
+        ev, base = self.ev, port * EV_WORDS
+        ev[base + EV_MASKED] = 0
+        ev[base + EV_SEEN] = (ev[base + EV_SENT] - pending) & _M32
+
     def close(self) -> None:
+        self.ev.release()
         self.mem.close()
         os.close(self.fd)
 
@@ -136,18 +167,6 @@ class SimEventChannels(EventChannels):
         except (ConnectionRefusedError, FileNotFoundError):
             pass  # the owner is gone; its ports get reclaimed
 
-    @staticmethod
-    def _raise_event(table: _Table, port: int) -> tuple[int, int] | None:
-        """Set the event on `port`; returns the owner to wake, or None if it stays masked."""
-        entry = table.get(port)
-        if entry[1] & F_MASKED:
-            entry[1] |= F_PENDING
-            table.put(port, entry)
-            return None
-        entry[1] |= F_MASKED | F_FIRED
-        table.put(port, entry)
-        return entry[5], entry[6]
-
     def _alloc_port(self, table: _Table) -> int:
         for port in range(1, NR_PORTS):
             if table.get(port)[0] == ECS_FREE:
@@ -197,6 +216,7 @@ class SimEventChannels(EventChannels):
         with self._mutex, self._locked(self.domid):
             table = self._tables[self.domid]
             port = self._alloc_port(table)
+            table.clear_events(port, pending=False)
             table.put(port, [ECS_UNBOUND, 0, 0, remote_domid, 0, self._pid, self._nonce])
             self._ports.add(port)
             return port
@@ -205,7 +225,6 @@ class SimEventChannels(EventChannels):
         if not 0 < remote_port < NR_PORTS:
             raise platform_error(errno.EINVAL, f"dom{remote_domid} has no port {remote_port}")
         with self._mutex:
-            wake = None
             for _attempt in range(2):
                 with self._locked(self.domid, remote_domid):
                     local, remote = self._tables[self.domid], self._tables[remote_domid]
@@ -221,21 +240,20 @@ class SimEventChannels(EventChannels):
                                 errno.EINVAL, f"dom{remote_domid} port {remote_port} is not "
                                               f"unbound for dom{self.domid}")
                         port = self._alloc_port(local)
+                        # Xen sets the new local port pending: events sent to the unbound
+                        # remote port before this bind would otherwise be lost.
+                        local.clear_events(port, pending=True)
                         local.put(port, [ECS_INTERDOMAIN, 0, 0, remote_domid, remote_port,
                                          self._pid, self._nonce])
                         r[0], r[3], r[4] = ECS_INTERDOMAIN, self.domid, port
                         remote.put(remote_port, r)
-                        # Xen sets the new local port pending: events sent to the unbound
-                        # remote port before this bind would otherwise be lost.
-                        wake = self._raise_event(local, port)
                         self._ports.add(port)
                         break
                 # A crashed worker of ours still holds the remote port: close it, retry once.
                 self._close_port(*stale)
             else:
                 raise platform_error(errno.EBUSY, f"dom{remote_domid} port {remote_port} stays bound")
-        if wake:
-            self._ring(*wake)
+        self._ring(self._pid, self._nonce)
         return port
 
     def fileno(self) -> int:
@@ -244,60 +262,58 @@ class SimEventChannels(EventChannels):
     def pending(self) -> list[int]:
         with self._mutex:
             # Drain doorbells before scanning: a notify after the scan rings again.
-            while True:
-                try:
-                    self._sock.recv(64)
-                except BlockingIOError:
-                    break
+            recv = self._sock.recv
+            try:
+                while True:
+                    recv(64)
+            except BlockingIOError:
+                pass
             fired = []
-            with self._locked(self.domid):
-                table = self._tables[self.domid]
-                for port in sorted(self._ports):
-                    entry = table.get(port)
-                    if entry[1] & F_FIRED and self._is_mine(entry):
-                        entry[1] &= ~F_FIRED
-                        table.put(port, entry)
-                        fired.append(port)
+            ev = self._tables[self.domid].ev
+            for port in sorted(self._ports):
+                base = port * EV_WORDS
+                if ev[base + EV_MASKED]:
+                    continue  # delivered and not unmasked: events wait for unmask
+                sent = ev[base + EV_SENT]
+                if sent != ev[base + EV_SEEN]:
+                    ev[base + EV_SEEN] = sent
+                    ev[base + EV_MASKED] = 1
+                    fired.append(port)
             return fired
 
     def unmask(self, port: int) -> None:
         if port not in self._ports:
             return  # like the Linux driver, unmasking a foreign port is ignored
         with self._mutex:
-            with self._locked(self.domid):
-                table = self._tables[self.domid]
-                entry = table.get(port)
-                if not self._is_mine(entry):
-                    return
-                entry[1] &= ~F_MASKED
-                wake = False
-                if entry[1] & F_PENDING:
-                    # An event arrived while masked: deliver it now, exactly once.
-                    entry[1] = (entry[1] & ~F_PENDING) | F_MASKED | F_FIRED
-                    wake = True
-                table.put(port, entry)
-            if wake:
-                self._ring(self._pid, self._nonce)
+            ev = self._tables[self.domid].ev
+            base = port * EV_WORDS
+            if not ev[base + EV_MASKED]:
+                return
+            ev[base + EV_MASKED] = 0
+            _fence()
+            if ev[base + EV_SENT] == ev[base + EV_SEEN]:
+                return
+        # An event arrived while masked: deliver it now, exactly once (pending() takes it).
+        self._ring(self._pid, self._nonce)
 
     def notify(self, port: int) -> None:
         with self._mutex:
             self._check_port(port)
-            wake = None
-            while True:
-                peer = self._peer_domid(port)
-                with self._locked(self.domid, peer):
-                    entry = self._tables[self.domid].get(port)
-                    if entry[0] != ECS_INTERDOMAIN:
-                        return  # Xen drops a send on an unbound port silently
-                    if entry[3] != peer:
-                        continue
-                    remote = self._tables[peer]
-                    r = remote.get(entry[4])
-                    if r[0] == ECS_INTERDOMAIN and r[3] == self.domid and r[4] == port:
-                        wake = self._raise_event(remote, entry[4])
-                    break
-        if wake:
-            self._ring(*wake)
+            entry = self._tables[self.domid].peek(port)
+            if entry[0] != ECS_INTERDOMAIN:
+                return  # Xen drops a send on an unbound port silently
+            peer, pport = entry[3], entry[4]
+            remote = self._table(peer)
+            r = remote.peek(pport)
+            if r[0] != ECS_INTERDOMAIN or r[3] != self.domid or r[4] != port:
+                return  # the peer closed its end meanwhile
+            ev, base = remote.ev, pport * EV_WORDS
+            old = ev[base + EV_SENT]
+            ev[base + EV_SENT] = (old + 1) & _M32
+            _fence()
+            if ev[base + EV_MASKED] or old != ev[base + EV_SEEN]:
+                return  # masked (unmask delivers it) or an earlier event's wakeup is on its way
+        self._ring(r[5], r[6])
 
     def unbind(self, port: int) -> None:
         with self._mutex:
