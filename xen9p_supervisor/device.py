@@ -111,6 +111,10 @@ class Device:
                 return
             observed = parse_state(xs.read(self.be + "/state"))
             online = (xs.read(self.be + "/online") or "1").strip() != "0"
+            if (self.state is DeviceState.NEW and self.last_written is None and online
+                    and observed not in (None, XenbusState.Initialising)):
+                self._take_over(observed)
+                observed = self.last_written  # what we just wrote; the stale value is no toolstack request
             ev = backend_event(observed, online, self.last_written)
             if ev is not None:
                 self.feed(ev)
@@ -123,6 +127,25 @@ class Device:
         ev = frontend_event(fe)
         if ev is not None:
             self.feed(ev)
+
+    def _take_over(self, observed: XenbusState) -> None:
+        """A backend state we did not write: a previous xen9pd died (or stopped) while serving this device.
+
+        Its workers and device state are gone, so re-adopting the rings would hand the guest a session that
+        forgot every fid. Instead close cleanly: validate the toolstack's keys (a reconnect needs them) and
+        write Closed. A live frontend follows to Closed; when it comes back to Initialising it gets a fresh
+        handshake (the CLOSED row of the table), so the guest never waits on a ring nobody serves.
+        """
+        self.info("backend found in state %s written by a previous backend instance; closing it so the "
+                  "frontend reconnects", observed.name)
+        try:
+            self._read_config()
+        except (DeviceFailure, XenStoreError) as e:
+            self.fail(str(e))  # NEW + FAILURE: warning and backend Closed
+            return
+        self._write_state(XenbusState.Closed)
+        # Not a row of the shared transition table (xen9p_common.xenbus): NEW -> CLOSED with the config read.
+        self.state = DeviceState.CLOSED
 
     def tick(self) -> None:
         """Timers: worker supervision and the close timeout."""
@@ -351,7 +374,7 @@ class Device:
             rs = r.restarter
             rings.append({
                 "ring": r.spec.ring, "name": r.name, "pid": r.pid, "cpu": r.cpu, "state": str(rs.state),
-                "restarts": rs.restarts, "uptime": round(now - r.started_at, 3) if r.pid and r.started_at else 0,
+                "restarts": rs.restarts, "uptime": round(now - r.started_at, 3) if r.pid and r.started_at else None,
                 "exits": {str(k): v for k, v in rs.exits.items()},
                 "last_exit": [str(rs.last_exit[0]), rs.last_exit[1]] if rs.last_exit else None,
                 "ring_ref": r.spec.ring_ref, "evtchn": r.spec.evtchn,
@@ -361,7 +384,7 @@ class Device:
             "path": self.export, "security_model": self.security_model, "state": str(self.state),
             "backend_state": self.last_written.name if self.last_written is not None else None,
             "num_rings": self.num_rings if self.rings else 0, "rings": rings,
-            "uptime": round(now - self.connected_at, 3) if self.connected_at else 0,
+            "uptime": round(now - self.connected_at, 3) if self.connected_at else None,
             "restarts": self.restarts(), "error": self.fail_reason,
             "limits": vars(self.limits).copy() if self.limits else None,
         }

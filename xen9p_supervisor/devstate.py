@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -96,3 +98,39 @@ def make_factory(kind: str) -> DeviceStateFactory:
             raise Xen9pError(f"device_state=shm but xen9p_worker.device_state is unavailable: {e}") from e
         log.warning("xen9p_worker.device_state unavailable (%s); devices get no shared state", e)
         return NullStateFactory()
+
+
+# Device state segments are named xen9p-<domid>-<devid>-<creator pid>-<seq> (device.py).
+_SEGMENT = re.compile(r"^xen9p-\d+-\d+-(\d+)-\d+$")
+
+
+def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink device state segments whose creating xen9pd is dead (it was killed before it could free them).
+
+    A live creator's segments are never touched (another daemon, e.g. in tests, may be serving them).
+    """
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return []
+    gone = []
+    for name in names:
+        mt = _SEGMENT.match(name)
+        if mt is None or _alive(int(mt.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+            gone.append(name)
+        except OSError:
+            pass
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -47,14 +47,15 @@ class Client:
             s.close(0)
 
 
-def _fmt_uptime(s: float) -> str:
-    s = int(s)
-    if s <= 0:
+def _fmt_uptime(s: float | None) -> str:
+    """'-' only when there is no uptime (device not connected, ring not running); seconds count from 0."""
+    if s is None or s < 0:
         return "-"
+    s = int(s)
     d, s = divmod(s, 86400)
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
-    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+    return f"{d}d{h:02d}h" if d else f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 def table(rows: list[list[Any]], header: list[str]) -> str:
@@ -122,7 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=None,
                     help=f"seconds to wait for an answer (default {QUERY_TIMEOUT:g}; "
                          f"{CHANGE_TIMEOUT:g} for {', '.join(CHANGING_COMMANDS)})")
+    # --json is accepted before or after the command ("xen9pctl status --json"); SUPPRESS keeps a
+    # subcommand that lacks it from resetting the global flag.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **kw: _add(*a, parents=[common], **kw)  # type: ignore[method-assign]
     sub.add_parser("ping", help="is xen9pd alive?")
     sub.add_parser("status", help="daemon, devices and ring workers (pids, cores, uptime, restarts, rates)")
     sub.add_parser("devices", help="one line per device")

@@ -22,7 +22,7 @@ from xen9p_common.platform import XenStore, open_platform
 from . import config as configmod
 from .control_server import CommandError, ControlServer, bind_private
 from .daemon_commands import ControlCommands
-from .devstate import DeviceStateFactory, make_factory
+from .devstate import DeviceStateFactory, make_factory, sweep_stale_segments
 from .device import Context, Device
 from .discovery import Discovery
 from .libxl_node import StartupError, hold_libxl_node, release_libxl_node
@@ -118,6 +118,9 @@ class Supervisor(ControlCommands):
 
     def start(self) -> None:
         self.hold_libxl_node()
+        stale = sweep_stale_segments()
+        if stale:
+            log.info("freed %d device state segment(s) left by a dead xen9pd: %s", len(stale), ", ".join(stale))
         self.discovery.start()
         self.discovery.rescan()
         self.notifier.ready(self._status())

@@ -1,0 +1,247 @@
+"""Harness for end-to-end tests with the REAL ring worker: a xen9pd world, simulated guests, a guest load.
+
+The load counts every request sent and every reply received, so a test can prove each was answered once.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import pytest
+
+from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with, wait_for
+from xen9p_common.client import Client, P9Error
+from xen9p_common.errors import Xen9pError
+from xen9p_common.p9 import constants as c
+from xen9p_common.p9 import messages as m
+from xen9p_common.platform.sim.frontend import SimFrontend, mount
+from xen9p_common.xenbus import XenbusState
+from xen9p_supervisor import toolstack
+from xen9p_supervisor.xen9psim import attach_device, destroy_domain
+
+DEADLINE = 20.0
+REAL_WORKER = f"{sys.executable} -m xen9p_worker"
+
+
+@functools.lru_cache(maxsize=1)
+def ring_worker_missing() -> str | None:
+    r = subprocess.run([sys.executable, "-m", "xen9p_worker", "ring", "--help"], capture_output=True,
+                       cwd=ROOT, env=env_for_children(), timeout=60)
+    return None if r.returncode == 0 else "the ring worker (python -m xen9p_worker ring) has not landed"
+
+
+class World:
+    """A sim xenstored and a xen9pd with real workers in one temporary directory."""
+
+    def __init__(self, prefix: str, **settings) -> None:
+        why = ring_worker_missing()
+        if why:
+            pytest.skip(why)
+        self.dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+        self.xsd = SimXenstored(self.dir)
+        self.xs = self.xsd.client()
+        self.settings = dict(worker_cmd=REAL_WORKER, device_state="auto", heartbeat_timeout=10.0,
+                             ready_timeout=10.0, kill_grace=2.0, close_timeout=5.0)
+        self.settings.update(settings)
+        self.daemon: Xen9pd | None = None
+        self.start_daemon()
+
+    def start_daemon(self, **settings) -> Xen9pd:
+        conf = dict(self.settings)
+        conf.update(settings)
+        self.daemon = Xen9pd(self.dir, self.dir, **conf)
+        return self.daemon
+
+    def close(self) -> None:
+        self.xs.close()
+        if self.daemon is not None:
+            self.daemon.stop()
+        self.xsd.stop()
+        leftover = procs_with(self.dir)
+        for p in leftover:
+            p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        assert not leftover, f"processes left behind: {[p.pid for p in leftover]}"
+
+
+class RealGuest:
+    """One attached device, its simulated frontend and (after mount()) its 9P client."""
+
+    def __init__(self, world: World, domid: int, *, tag: str = "share", model: str = "passthrough",
+                 limits: dict | None = None) -> None:
+        self.world = world
+        self.xs = world.xs
+        self.domid = domid
+        self.name = f"dom{domid}/dev0"
+        self.export = os.path.join(world.dir, f"export{domid}")
+        os.makedirs(self.export, exist_ok=True)
+        self.be, self.fe_dir = attach_device(self.xs, domid=domid, path=self.export, tag=tag,
+                                             security_model=model, limits=limits)
+        self.fe = SimFrontend(world.dir, domid, tag, timeout=10)
+        self.client: Client | None = None
+        self.root = None
+
+    def mount(self) -> "RealGuest":
+        self.client, self.root = mount(self.fe)
+        return self
+
+    def remount(self) -> "RealGuest":
+        """After the backend closed us: a fresh handshake and a fresh 9P session (what a remount does)."""
+        if self.client is not None:
+            self.client.close()
+        tr = self.fe.reconnect()
+        self.client = Client(tr, timeout=30, name=f"9p-{self.name}")
+        self.client.version(128 * 1024 + 24)
+        self.root = self.client.attach("", "root", 0)
+        return self
+
+    def be_state(self) -> XenbusState | None:
+        v = self.xs.read(self.be + "/state")
+        return XenbusState(int(v)) if v and v.isdigit() else None
+
+    def works(self, name: str = "probe") -> bool:
+        self.root.mkdir(name, 0o755)
+        with self.root.walk([name]) as d:
+            d.getattr()
+        self.root.rmdir(name)
+        return not os.path.exists(os.path.join(self.export, name))
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.fe.close()
+        try:
+            toolstack.detach(self.xs, domid=self.domid, timeout=10)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        destroy_domain(self.xs, self.domid)
+
+
+class Load:
+    """Guest load on one mount: threads doing checked I/O and namespace ops, plus async bursts.
+
+    Every frame sent and every reply received is counted; a reply for a tag not outstanding
+    (answered twice, or never asked) is recorded in `stray`.
+    """
+
+    def __init__(self, client: Client, root, threads: int = 6, burst: int = 48) -> None:
+        self.client, self.root = client, root
+        self.sent = self.replies = self.ops = 0
+        self.stray: list[int] = []
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._orig_send, self._orig_dispatch = client.send_frame, client._dispatch
+        client.send_frame = self._send  # instance attributes: the reader thread looks them up per frame
+        client._dispatch = self._dispatch
+        self.threads = [threading.Thread(target=self._guard, args=(self._io, i), daemon=True) for i in range(threads)]
+        self.threads.append(threading.Thread(target=self._guard, args=(self._ns, 0), daemon=True))
+        self.threads.append(threading.Thread(target=self._guard, args=(self._burst, burst), daemon=True))
+
+    def _send(self, frame) -> None:
+        with self._lock:
+            self.sent += 1
+        self._orig_send(frame)
+
+    def _dispatch(self, frame) -> None:
+        _, _, tag = m.peek_header(frame)
+        with self.client._lock:
+            known = tag in self.client._pending
+        with self._lock:
+            self.replies += 1
+            if not known:
+                self.stray.append(tag)
+        self._orig_dispatch(frame)
+
+    def _count(self) -> None:
+        with self._lock:
+            self.ops += 1
+
+    def _guard(self, fn, arg) -> None:
+        try:
+            fn(arg)
+        except (Xen9pError, OSError, AssertionError) as e:
+            self.errors.append(f"{fn.__name__}({arg}): {type(e).__name__}: {e}")
+
+    def _io(self, i: int) -> None:
+        rnd = random.Random(i)
+        name = f"load-{i}"
+        with self.root.create(name, c.L_O_RDWR | c.L_O_CREAT, 0o644) as f:
+            while not self._stop.is_set():
+                off = rnd.randrange(0, 64) * 4096
+                data = rnd.randbytes(rnd.choice((100, 4096, 20000)))
+                assert f.write(data, off) == len(data)
+                got = f.read(off, len(data))
+                assert got == data, f"{name}: read back {len(got)} bytes differing at offset {off}"
+                self._count()
+        self.root.unlink(name)
+
+    def _ns(self, _: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            d = f"dir-{n}"
+            self.root.mkdir(d, 0o755)
+            with self.root.walk([d]) as fd:
+                fd.getattr()
+            self.root.rmdir(d)
+            n += 1
+            self._count()
+
+    def _burst(self, size: int) -> None:
+        while not self._stop.is_set():
+            futs = [self.client.rpc_async(m.Tgetattr, self.root.fid, c.GETATTR_BASIC) for _ in range(size)]
+            for fut in futs:
+                self.client.wait(fut)
+            self._count()
+
+    def start(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def wait_ops(self, more: int, what: str = "guest ops") -> None:
+        """Wait until `more` further operations completed (the load is making progress)."""
+        target = self.ops + more
+        wait_for(lambda: self.ops >= target or self.errors, DEADLINE, what)
+        assert not self.errors, self.errors
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self.threads:
+            t.join(DEADLINE)
+        assert not any(t.is_alive() for t in self.threads), "load threads stuck"
+        self.client.send_frame, self.client._dispatch = self._orig_send, self._orig_dispatch
+
+
+def ring(daemon: Xen9pd, name: str) -> dict:
+    dev = daemon.device(name.rpartition("/")[0])
+    assert dev is not None, name
+    for r in dev["rings"]:
+        if r["name"] == name:
+            return r
+    raise AssertionError(f"no ring {name} in {dev}")
+
+
+def wait_new_worker(daemon: Xen9pd, name: str, old_pid: int) -> dict:
+    return wait_for(lambda: (r := ring(daemon, name))["pid"] not in (None, old_pid) and r["state"] == "running"
+                    and r, DEADLINE, f"{name} serving again with a new pid")
+
+
+def xen9pctl(daemon: Xen9pd, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xen9p_supervisor.xen9pctl", "--control", daemon.control, *args],
+                          capture_output=True, text=True, cwd=ROOT, env=env_for_children(), timeout=timeout)
+
+
+def p9_errno(fn) -> int | None:
+    """Run fn(); the 9P errno it failed with, or None."""
+    try:
+        fn()
+    except P9Error as e:
+        return e.errno
+    return None
