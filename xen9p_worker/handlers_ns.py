@@ -14,6 +14,7 @@ from .backend.local import join
 from .fidfds import any_slot, fs, path_entry, path_slot, release
 from .fids import FID_PATH, FID_XATTR_READ, FID_XATTR_WRITE, FidEntry
 from .locks import INF
+from .quota import quota_for
 
 
 # -- namespace -----------------------------------------------------------------------
@@ -38,6 +39,7 @@ def _new_qid(s, dirfd: int, name: bytes, rel: bytes):
 
 def t_mkdir(s, m, req):
     name = fs(m.name)
+    quota_for(s).admit_files(1)  # max-files (auto-delete may make room)
 
     def go(dirfd, e):
         s.backend.mkdir(dirfd, name, m.mode, e.uid, m.gid)
@@ -47,6 +49,7 @@ def t_mkdir(s, m, req):
 
 def t_symlink(s, m, req):
     name = fs(m.name)
+    quota_for(s).admit_files(1)  # max-files (auto-delete may make room)
 
     def go(dirfd, e):
         s.backend.symlink(dirfd, name, fs(m.symtgt), e.uid, m.gid)
@@ -56,6 +59,7 @@ def t_symlink(s, m, req):
 
 def t_mknod(s, m, req):
     name = fs(m.name)
+    quota_for(s).admit_files(1)  # max-files (auto-delete may make room)
 
     def go(dirfd, e):
         s.backend.mknod(dirfd, name, m.mode, os.makedev(m.major, m.minor), e.uid, m.gid)
@@ -65,6 +69,7 @@ def t_mknod(s, m, req):
 
 def t_link(s, m, req):
     te = s.fids.get(m.fid)
+    quota_for(s).admit_files(1)
     tslot = any_slot(s, m.fid, te)
     try:
         _in_dir(s, m.dfid, lambda dirfd, e: s.backend.link(tslot.fd, dirfd, fs(m.name)))
