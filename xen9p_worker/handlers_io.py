@@ -94,19 +94,32 @@ def t_read(s, m, req):
             return M.Rread(m.tag, os.pread(slot.fd, count, m.offset))
         finally:
             s.fds.release(slot)
-    segs = req.alloc(11 + count)
+    if type(m) not in s._inline:
+        return _alloc_and_read(s, m, e, req, count)
+    # Served on the transport's thread: only what the page cache holds now, into room the
+    # transport lends without waiting; anything that would wait (for the disk, or for a
+    # ring's room: alloc raises BlockingIOError) is done on the worker pool, which replies.
+    try:
+        segs = req.alloc(11 + count)
+    except BlockingIOError:
+        return _to_pool(s, req, lambda s, m, req: _alloc_and_read(s, m, e, req, count))
     views = carve(segs, 11, count)
-    if not count or type(m) not in s._inline:
-        return _read_into(s, m, e, segs, views, count)
-    # Served on the transport's thread: only what the page cache holds now; anything that
-    # would wait for the disk is read again on the worker pool, which then sends the reply.
-    n = _read_cached(s, m, e, views, count)
+    n = _read_cached(s, m, e, views, count) if count else 0
     if n is None:
-        from .handlers import PENDING  # handlers imports this module
-        s._pool_submit(s._run, req, lambda s, m, req: _read_into(s, m, e, segs, views, count))
-        return PENDING
+        return _to_pool(s, req, lambda s, m, req: _read_into(s, m, e, segs, views, count))
     write_into(segs, 0, _RREAD_HDR.pack(11 + n, M.Rread.TYPE, m.tag, n))
     return 11 + n
+
+
+def _to_pool(s, req, fn):
+    from .handlers import PENDING  # handlers imports this module
+    s._pool_submit(s._run, req, fn)
+    return PENDING
+
+
+def _alloc_and_read(s, m, e, req, count: int) -> int:
+    segs = req.alloc(11 + count)
+    return _read_into(s, m, e, segs, carve(segs, 11, count), count)
 
 
 def _read_cached(s, m, e, views, count: int) -> int | None:

@@ -54,6 +54,11 @@ class RingMetrics:
             h[1] += elapsed_ns
             h[2 + bisect.bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
 
+    def notified(self) -> None:
+        """One event-channel notify sent to the guest (from the loop or an I/O thread)."""
+        with self._mu:
+            self.notifies += 1
+
     def dropped(self) -> None:
         """A request that will never be answered (flushed before it ran)."""
         with self._mu:

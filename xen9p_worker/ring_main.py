@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _server(args, ds):
+    from xen9p_common.p9 import messages as M
+
+    from . import handlers
     from .backend.local import LocalBackend
     from .dispatch import Limits, Server
 
@@ -52,8 +55,10 @@ def _server(args, ds):
     limits = Limits(ds.max_fids, ds.max_open_files or None,
                     ds.max_space_mb * (1 << 20) if ds.max_space_mb else None)
     backend = LocalBackend(args.export, args.security_model)
+    # Tread may start on the loop: the ring worker's alloc never waits there (BlockingIOError
+    # sends it to the pool), and t_read serves only page-cached data inline (RWF_NOWAIT).
     return Server(backend, msize_cap=ds.msize_cap or 512 * 1024 + 24, pool_size=args.threads, limits=limits,
-                  locks=ds.locks)
+                  locks=ds.locks, inline_ops=handlers.INLINE | {M.Tread})
 
 
 def main(argv=None) -> int:

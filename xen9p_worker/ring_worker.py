@@ -26,7 +26,12 @@ Threads: the loop thread takes requests (only it touches out_cons and the read c
 and runs inline ops; I/O threads of the dispatcher reply from their own threads. Replies
 are written under one reply lock, in the order reserved; a Tread holds the lock from
 alloc() to its reply so preadv fills ring memory directly and nothing is published past
-an unfinished reservation. Notifications are batched: one per loop pass.
+an unfinished reservation. The loop thread never waits for that lock or for ring room:
+its alloc() raises BlockingIOError (the Tread goes to the pool), its other replies are
+deferred, and a Tread whose reply does not fit the in-ring yet is held until the guest
+has consumed enough (a page-cached Tread is then served on the loop: preadv RWF_NOWAIT).
+Notifications are batched: one per loop pass, except that a big reply published by an
+I/O thread notifies at once (the guest has nothing else to do until it has it).
 """
 from __future__ import annotations
 
@@ -57,6 +62,10 @@ _HDR = struct.Struct("<IBH")
 _M32 = 0xFFFFFFFF
 T_FLUSH = M.Tflush.TYPE
 T_WRITE = M.Twrite.TYPE
+T_READ = M.Tread.TYPE
+_TREAD_COUNT = struct.Struct("<I")  # count at offset 19 of a Tread (size type tag fid offset count)
+_RREAD_HDR = 11
+BIG_REPLY = 64 * 1024  # an I/O thread that publishes a reply this big notifies the guest at once
 _TWRITE_HDR = 23  # size type tag fid[4] offset[8] count[4]
 R_VERSION = M.Rversion.TYPE
 R_LERROR = M.Rlerror.TYPE
@@ -159,6 +168,7 @@ class RingWorker:
         self._room_cv = threading.Condition()
         self._flush_mu = threading.Condition()
         self._deferred: list[tuple[_Pending, bytes]] = []  # loop-thread replies waiting for room
+        self._held: collections.deque = collections.deque()  # (p, frame, reply size): Treads waiting for room
         self._stop_deadline = float("inf")
         self._flushes: list[list] = []
         self._flush_thread: threading.Thread | None = None
@@ -363,6 +373,8 @@ class RingWorker:
                 self._cancel_local(tag)
         if self._deferred:
             self._retry_deferred()
+        if self._held:
+            self._retry_held()
         kick = j.kick_requested()
         if not self._stopping:
             self._drain()
@@ -371,7 +383,7 @@ class RingWorker:
         self._advance()
         if self._need_notify:
             self._need_notify = False
-            self.metrics.notifies += 1
+            self.metrics.notified()
             self.evtchn.notify(self.port)
 
     def _refresh_session(self) -> None:
@@ -428,7 +440,42 @@ class RingWorker:
             self._flush(p, frame)
             return
         p.frame = frame
+        if p.mtype == T_READ and p.size >= 23 and not isinstance(frame, list):
+            # The reply is reserved whole before the read: if it cannot fit the in-ring now,
+            # hold the Tread until the guest consumes instead of parking a thread on the room.
+            need = _RREAD_HDR + min(_TREAD_COUNT.unpack_from(frame, 19)[0], self._limit() - _RREAD_HDR)
+            if need <= self.ring.size and (self._held or need > self._free_room()):
+                self._held.append((p, frame, need))
+                return
         self.session.submit(frame, p.reply, p.alloc)
+
+    def _free_room(self) -> int:
+        try:
+            return self.ring.reply_space()
+        except RingError as e:
+            self._fatal = str(e)
+            return 0
+
+    def _unhold(self, p: _Pending) -> bool:
+        """Withdraw p if it is a held Tread (loop thread): it never started, so it is never answered."""
+        for i, h in enumerate(self._held):
+            if h[0] is p:
+                del self._held[i]
+                return True
+        return False
+
+    def _retry_held(self) -> None:
+        """Submit held Treads, oldest first, while their replies fit (Tflush may have settled some)."""
+        held = self._held
+        while held:
+            p, frame, need = held[0]
+            if p.finished:
+                held.popleft()
+                continue
+            if need > self._free_room():
+                return
+            held.popleft()
+            self.session.submit(frame, p.reply, p.alloc)
 
     def _resume_one(self, rec: J.Record, index: int, size: int, tag: int, mtype: int, frame) -> None:
         self.metrics.resumed += 1
@@ -517,6 +564,20 @@ class RingWorker:
     def _alloc(self, p: _Pending, n: int) -> list:
         if n > self.ring.size:
             raise OSError(errno.EMSGSIZE, f"reply of {n} bytes exceeds the ring")
+        if threading.get_ident() == self._on_loop:
+            # The loop never waits (for the lock or for room): the caller goes to its pool.
+            if not self._reply_lock.acquire(blocking=False):
+                raise BlockingIOError(errno.EAGAIN, "reply lock busy")
+            try:
+                p.segs = self.ring.reply_segments(n)
+            except NoRoom:
+                self._reply_lock.release()
+                raise BlockingIOError(errno.EAGAIN, "no room in the in-ring yet") from None
+            except BaseException:
+                self._reply_lock.release()
+                raise
+            p.held = True
+            return p.segs
         self._reply_lock.acquire()
         try:
             p.segs = self._room(n)
@@ -546,13 +607,21 @@ class RingWorker:
                 if mtype == R_VERSION:
                     self._version_reset()
                 if not p.held:
-                    if self._deferred and threading.get_ident() == self._on_loop and not retry:
+                    on_loop = threading.get_ident() == self._on_loop
+                    if self._deferred and on_loop and not retry:
                         self._deferred.append((p, data))  # keep the loop's replies in order
                         return
                     j.done(p.slot, data)  # stored when small: resent after a crash, not re-run
                     if fault is not None:
                         self._crash("done")
-                    self._reply_lock.acquire()
+                    if on_loop:
+                        # An I/O thread holds the lock (maybe waiting for room): retry next pass;
+                        # its reply wakes the loop.
+                        if not self._reply_lock.acquire(blocking=False):
+                            self._deferred.append((p, data))
+                            return
+                    else:
+                        self._reply_lock.acquire()
                     p.held = True
                     p.segs = self._room(n)
                 _scatter(p.segs, data)
@@ -579,6 +648,9 @@ class RingWorker:
                 self._reply_lock.release()
         j.published(p.slot)
         self.metrics.reply(p.mtype, n, mtype == R_LERROR, time.monotonic_ns() - p.t0)
+        if n >= BIG_REPLY and threading.get_ident() != self._on_loop:
+            self.metrics.notified()
+            self.evtchn.notify(self.port)
         self._settle(p, replied=True)
 
     def _settle(self, p: _Pending, replied: bool) -> None:
@@ -623,7 +695,7 @@ class RingWorker:
         with self._tag_mu:
             old = self._by_tag.get(oldtag)
             if old is not None and old is not p and not old.finished:
-                if old.mtype != T_FLUSH and self.session.cancel(oldtag):
+                if old.mtype != T_FLUSH and (self._unhold(old) or self.session.cancel(oldtag)):
                     old_dropped = old
                 else:
                     old.flushers.append(p)  # Rflush goes right after old's reply
@@ -643,7 +715,8 @@ class RingWorker:
         """Another ring's Tflush asks us to withdraw tag if it waits (a blocked Tlock)."""
         with self._tag_mu:
             old = self._by_tag.get(tag)
-            if old is None or old.finished or old.mtype == T_FLUSH or not self.session.cancel(tag):
+            if (old is None or old.finished or old.mtype == T_FLUSH
+                    or not (self._unhold(old) or self.session.cancel(tag))):
                 return
         self._settle(old, replied=False)
 
