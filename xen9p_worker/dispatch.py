@@ -29,6 +29,12 @@ Alloc = Callable[[int], list]     # size -> list[memoryview] the reply frame is 
 _QUEUED, _RUNNING, _DONE, _DROPPED = range(4)
 PENDING = handlers.PENDING
 
+# Inline ops whose handler always answers before it returns (never PENDING, never parks).
+# Run on the transport's thread, they finish before that thread can take a Tflush or a
+# cancel, so they skip the in-flight table and its lock (the hot path of small ops).
+SYNC_INLINE = frozenset({M.Tgetattr, M.Twalk, M.Tclunk, M.Tstatfs, M.Treadlink, M.Txattrwalk,
+                         M.Tgetlock, M.Tattach, M.Tauth, M.Txattrcreate})
+
 
 class Limits:
     """Per-device resource bounds; None means unbounded."""
@@ -112,6 +118,7 @@ class Session:
         self._replying: dict[int, Request] = {}
         self._table = handlers.TABLE
         self._inline = server.inline
+        self._sync_inline = server.inline & SYNC_INLINE
         self._pool_submit = server.pool.submit
         self.pid = os.getpid()
 
@@ -143,6 +150,17 @@ class Session:
             reply(M.encode(M.Rlerror(tag, errno.EOPNOTSUPP)))
             return
         req = Request(tag, msg, reply, alloc)
+        if cls in self._sync_inline:
+            req.state = _RUNNING
+            result = self._call(req, fn)
+            if isinstance(result, M.Message):
+                result = M.encode(result)
+            req.state = _DONE
+            try:
+                reply(result)
+            except Exception:
+                log.exception("transport failed to take the reply of tag %d", tag)
+            return
         with self._mu:
             if tag in self._inflight:
                 log.warning("tag %d reused while in flight; it cannot be flushed", tag)
@@ -207,17 +225,21 @@ class Session:
             if req.state == _DROPPED:
                 return
             req.state = _RUNNING
-        try:
-            result = fn(self, req.msg, req)
-        except OSError as e:
-            result = M.Rlerror(req.tag, e.errno or errno.EIO)
-        except Xen9pError as e:
-            result = M.Rlerror(req.tag, getattr(e, "errno", errno.EIO) or errno.EIO)
-        except Exception:
-            log.exception("unexpected error serving %r", req.msg)
-            result = M.Rlerror(req.tag, errno.EIO)
+        result = self._call(req, fn)
         if result is not PENDING:
             self.finish(req, result)
+
+    def _call(self, req: Request, fn):
+        """The handler's result, or the Rlerror its exception maps to."""
+        try:
+            return fn(self, req.msg, req)
+        except OSError as e:
+            return M.Rlerror(req.tag, e.errno or errno.EIO)
+        except Xen9pError as e:
+            return M.Rlerror(req.tag, getattr(e, "errno", errno.EIO) or errno.EIO)
+        except Exception:
+            log.exception("unexpected error serving %r", req.msg)
+            return M.Rlerror(req.tag, errno.EIO)
 
     def finish(self, req: Request, result) -> None:
         """Send the reply of req, then the Rflush of every Tflush that waited for it."""
