@@ -66,6 +66,7 @@ T_READ = M.Tread.TYPE
 _TREAD_COUNT = struct.Struct("<I")  # count at offset 19 of a Tread (size type tag fid offset count)
 _RREAD_HDR = 11
 BIG_REPLY = 64 * 1024  # an I/O thread that publishes a reply this big notifies the guest at once
+NOTIFY_BATCH = 4  # a long drain notifies after this many requests, so the guest overlaps with us
 _TWRITE_HDR = 23  # size type tag fid[4] offset[8] count[4]
 R_VERSION = M.Rversion.TYPE
 R_LERROR = M.Rlerror.TYPE
@@ -381,6 +382,9 @@ class RingWorker:
         if kick != j.kick_acked():
             j.ack_kick(kick)
         self._advance()
+        self._notify()
+
+    def _notify(self) -> None:
         if self._need_notify:
             self._need_notify = False
             self.metrics.notified()
@@ -403,10 +407,17 @@ class RingWorker:
         ring = self.ring
         j = self.journal
         take = ring.take_request
+        batch = NOTIFY_BATCH
         while j.free_slots():
             r = take()
             if r is None:
                 break
+            batch -= 1
+            if not batch:
+                # Replies published so far go to the guest now: on another core it consumes
+                # them (and sends more) while we serve the rest of the drain.
+                batch = NOTIFY_BATCH
+                self._notify()
             index, size = r
             segs = ring.request_segments(index, size)
             if len(segs) == 1:
@@ -593,6 +604,7 @@ class RingWorker:
         fault = self._fault
         if fault is not None and not retry:
             self._crash("applied")
+        on_loop = threading.get_ident() == self._on_loop
         try:
             if isinstance(result, int):
                 n = result  # written in place by a Tread, reply lock held since _alloc
@@ -607,7 +619,6 @@ class RingWorker:
                 if mtype == R_VERSION:
                     self._version_reset()
                 if not p.held:
-                    on_loop = threading.get_ident() == self._on_loop
                     if self._deferred and on_loop and not retry:
                         self._deferred.append((p, data))  # keep the loop's replies in order
                         return
@@ -620,11 +631,17 @@ class RingWorker:
                         if not self._reply_lock.acquire(blocking=False):
                             self._deferred.append((p, data))
                             return
+                        p.held = True
+                        p.segs = ring.reply_segments(n)  # NoRoom: deferred (below)
                     else:
                         self._reply_lock.acquire()
-                    p.held = True
-                    p.segs = self._room(n)
-                _scatter(p.segs, data)
+                        p.held = True
+                        p.segs = self._room(n)
+                segs = p.segs
+                if len(segs) == 1 and len(segs[0]) == n:
+                    segs[0][:] = data
+                else:  # over the ring's end, or an error in place of a Tread's allocation
+                    _scatter(segs, data)
             j.replying(p.slot, ring.reserved, n)
             if fault is not None:
                 self._crash("replying")
@@ -648,12 +665,12 @@ class RingWorker:
                 self._reply_lock.release()
         j.published(p.slot)
         self.metrics.reply(p.mtype, n, mtype == R_LERROR, time.monotonic_ns() - p.t0)
-        if n >= BIG_REPLY and threading.get_ident() != self._on_loop:
+        if n >= BIG_REPLY and not on_loop:
             self.metrics.notified()
             self.evtchn.notify(self.port)
-        self._settle(p, replied=True)
+        self._settle(p, True, on_loop)
 
-    def _settle(self, p: _Pending, replied: bool) -> None:
+    def _settle(self, p: _Pending, replied: bool, on_loop: bool | None = None) -> None:
         """p needs nothing more: let out_cons pass it, answer Tflushes that waited for it."""
         p.frame = None
         with self._tag_mu:
@@ -667,7 +684,7 @@ class RingWorker:
         for f in flushers or ():
             self._reply(f, M.encode(M.Rflush(f.tag)))
         self._need_notify = True
-        if threading.get_ident() != self._on_loop:
+        if not (on_loop if on_loop is not None else threading.get_ident() == self._on_loop):
             self._wake()
 
     def _wake(self) -> None:
