@@ -30,8 +30,9 @@ an unfinished reservation. The loop thread never waits for that lock or for ring
 its alloc() raises BlockingIOError (the Tread goes to the pool), its other replies are
 deferred, and a Tread whose reply does not fit the in-ring yet is held until the guest
 has consumed enough (a page-cached Tread is then served on the loop: preadv RWF_NOWAIT).
-Notifications are batched: one per loop pass, except that a big reply published by an
-I/O thread notifies at once (the guest has nothing else to do until it has it).
+Notifications are batched: one per loop pass and one per NOTIFY_BATCH requests of a long
+drain, and a big reply published by an I/O thread notifies at once (the guest has nothing
+else to do until it has it).
 """
 from __future__ import annotations
 
