@@ -9,7 +9,6 @@ import errno
 import logging
 import os
 import threading
-import time
 from typing import Callable
 
 from xen9p_common.errors import DecodeError, Xen9pError
@@ -61,14 +60,7 @@ class Server:
         self.fid_table_factory = fid_table_factory or (lambda n: LocalFidTable(n))
         self.inline = handlers.INLINE if inline_ops is None else inline_ops
         self.fd_cache_size = fd_cache_size
-        self._space = (0.0, 0)  # (when measured, bytes) for limits.max_space
-
-    def space_used(self) -> int:
-        """Bytes allocated under the export, re-measured at most every few seconds."""
-        now = time.monotonic()
-        if now - self._space[0] > 5.0:
-            self._space = (now, self.backend.disk_usage())
-        return self._space[1]
+        self.quota = None  # made on first use by quota.quota_for(): one per process
 
     def session(self, fids: FidTable | None = None, locks: LockTable | None = None,
                 state=None) -> "Session":

@@ -20,6 +20,7 @@ from .fdcache import ROLE_OPEN, ROLE_PATH
 from .fidfds import fs, iounit, open_slot, path_entry, path_slot
 from .handlers_ns import xattr_write
 from .fids import FID_DIR, FID_FILE, FID_PATH, FID_XATTR_READ, FID_XATTR_WRITE
+from .quota import quota_for
 
 _RREAD_HDR = struct.Struct("<IBHI")  # size, type, tag, count
 _tls = threading.local()
@@ -61,6 +62,7 @@ def t_lopen(s, m, req):
 def t_lcreate(s, m, req):
     e = path_entry(s, m.fid)
     _check_open_limit(s)
+    quota_for(s).admit_files(1)
     name = fs(m.name)
     slot = path_slot(s, m.fid, e)
     try:
@@ -165,12 +167,13 @@ def t_write(s, m, req):
 
 
 def _check_space(s, fd: int, end: int) -> None:
-    cap = s.server.limits.max_space
-    if cap is None:
+    """ENOSPC (after auto-delete, where the device allows it) if the write would exceed max-space."""
+    q = quota_for(s)
+    if not q.max_space:
         return
     size = os.fstat(fd).st_size
-    if end > size and s.server.space_used() + (end - size) > cap:
-        raise OSError(errno.ENOSPC, "export space limit reached")
+    if end > size:
+        q.admit_space(end - size)
 
 
 def t_fsync(s, m, req):

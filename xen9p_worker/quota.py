@@ -174,7 +174,7 @@ def quota_for(s) -> Quota:
 
     Kept on the Server (one per worker process), so every session of the device shares its estimates.
     """
-    q = getattr(s.server, "quota", None)
+    q = s.server.quota
     if q is not None:
         return q
     ds = getattr(s.state, "_ds", None)  # the shared DeviceState behind a ring worker's session

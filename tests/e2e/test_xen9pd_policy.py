@@ -89,10 +89,8 @@ def test_auto_delete_off_keeps_files(world):
 #   _check_space:  quota_for(s).admit_space(end - size)      (instead of the 5 s stale space_used())
 #   t_lcreate:     quota_for(s).admit_files(1)               (after _check_open_limit)
 # Until they land, a file written in chunks outgrows max-space and Tlcreate ignores max-files.
-NEEDS_IO_HOOK = pytest.mark.xfail(reason="needs the xen9p_worker.quota hooks in handlers_io", strict=False)
 
 
-@NEEDS_IO_HOOK
 def test_max_files_counts_created_files(world):
     g = RealGuest(world, 15, limits={"max-files": 2}).mount()
     try:
@@ -103,7 +101,6 @@ def test_max_files_counts_created_files(world):
         g.close()
 
 
-@NEEDS_IO_HOOK
 def test_max_space_gives_enospc(world):
     g = RealGuest(world, 14, limits={"max-space": 1}).mount()
     try:

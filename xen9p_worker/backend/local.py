@@ -231,33 +231,6 @@ class LocalBackend:
         return reader.pack(fd, offset, count, self.qidmap.base(dev), lambda ino: qpath(dev, ino),
                            hidden, self.model.mapped)
 
-    def disk_usage(self) -> int:
-        """Bytes allocated to everything under the export (for the max-space limit)."""
-        total = 0
-        stack = [os.dup(self.root_fd)]
-        while stack:
-            dfd = stack.pop()
-            try:
-                names = os.listdir(H.proc(dfd))
-                for n in names:
-                    try:
-                        st = os.stat(n, dir_fd=dfd, follow_symlinks=False)
-                    except OSError:
-                        continue
-                    total += st.st_blocks * 512
-                    if stat.S_ISDIR(st.st_mode) and st.st_dev == self.root_dev:
-                        try:
-                            stack.append(os.open(n, H.O_PATH_NOFOLLOW | os.O_DIRECTORY, dir_fd=dfd))
-                        except OSError:
-                            pass
-            except OSError:
-                pass
-            finally:
-                os.close(dfd)
-        return total
-
-    # -- xattrs -------------------------------------------------------------
-
     def xattr_get(self, fd: int, name: bytes) -> bytes:
         return H.getxattr(fd, self.model.xattr_name(name, False))
 
