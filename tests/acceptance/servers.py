@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -74,16 +75,31 @@ class Server:
             return ""
 
 
+def _accepts(path: Path) -> bool:
+    """True once a connect() to the Unix socket succeeds, i.e. the server is listening."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(2)
+        s.connect(str(path))
+        return True
+    except OSError:  # ENOENT before bind(), ECONNREFUSED between bind() and listen()
+        return False
+    finally:
+        s.close()
+
+
 def _wait_for_socket(proc: subprocess.Popen, path: Path, log: Path) -> None:
+    # The socket file appears at bind(), but diod listen()s only after binding all its addresses
+    # (and logging), so a client dialling as soon as the file exists can get ECONNREFUSED under load.
     deadline = time.monotonic() + START_DEADLINE
     while time.monotonic() < deadline:
-        if path.exists():
+        if path.exists() and _accepts(path):
             return
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        time.sleep(0.02)  # polling a condition (the socket file) with a deadline
+        time.sleep(0.02)  # polling a condition (a listening socket) with a deadline
     proc.kill()
-    raise RuntimeError(f"server did not create {path} within {START_DEADLINE} s:\n{log.read_text()}")
+    raise RuntimeError(f"server did not listen on {path} within {START_DEADLINE} s:\n{log.read_text()}")
 
 
 def _xen9p_available() -> str | None:
