@@ -135,15 +135,14 @@ def test_tread_that_does_not_fit_is_held_until_the_guest_consumes(device_factory
     fill_in_ring(d, 1, leave=300 * 1024, tags=[10, 11])   # 300 KiB free < 512 KiB + 11
     base = len(d.guest.replies)
     send(d, M.Tread(12, 1, 4096, BIG))
+    wait_for(lambda: d.ds.journal(0).tag_pending(12), what="Tread taken")
+    heartbeats_go_on(d, 0, n=1)  # an I/O thread parked on the room would hold the reply lock by now
     send(d, M.Tgetattr(13, 1, GETATTR_ALL))
-    # The Tgetattr after it is answered, so the worker has taken the Tread: it waits unanswered,
-    # with no thread parked on the room (a parked Tread would hold the reply lock and the
-    # Rgetattr could not be published).
-    wait_queued(d, 0, 13, "Rgetattr behind the held Tread")
+    # The Tread waits unanswered, and no thread holds the reply lock waiting for room for it:
+    # the Rgetattr sent after it is published at once.
+    wait_queued(d, 0, 13, "Rgetattr behind the held Tread (a Tread parked on the room blocks it)", timeout=5)
     assert 12 not in [q[0] for q in queued(d.guest.rings[0])]
     assert d.ds.journal(0).tag_pending(12)
-    heartbeats_go_on(d, 0, n=1)
-    assert 12 not in [q[0] for q in queued(d.guest.rings[0])]
     # The guest consumes: the Tread goes out, whole and correct (its reply wraps the ring's end).
     frame = d.guest.take(12)
     assert len(frame) == 11 + BIG
@@ -156,8 +155,10 @@ def test_tread_that_does_not_fit_is_held_until_the_guest_consumes(device_factory
     base = len(d.guest.replies)
     for i, tag in enumerate((15, 16, 17)):
         send(d, M.Tread(tag, 1, i * 1000, BIG))
+    wait_for(lambda: d.ds.journal(0).tag_pending(17), what="Treads taken")
+    heartbeats_go_on(d, 0, n=1)
     send(d, M.Tgetattr(18, 1, GETATTR_ALL))
-    wait_queued(d, 0, 18, "Rgetattr behind three held Treads")
+    wait_queued(d, 0, 18, "Rgetattr behind three held Treads", timeout=5)
     for i, tag in enumerate((15, 16, 17)):
         assert rread(d.guest.take(tag)) == data[i * 1000:i * 1000 + BIG]
     assert [t for t in tags_seen(d, base) if t in (15, 16, 17)] == [15, 16, 17]
@@ -265,7 +266,10 @@ def test_tflush_of_inline_op_waiting_for_room_gets_one_rflush_after_its_reply(de
     send(d, M.Tflush(12, 11))
     send(d, M.Twalk(13, 0, 5, []))
     send(d, M.Tflush(14, 13))
-    wait_for(lambda: all(d.ds.journal(0).tag_pending(t) for t in (11, 12, 13, 14)), what="all four taken")
+    wait_for(lambda: d.ds.journal(0).tag_pending(14), what="the last Tflush taken")
+    for t in (11, 13):  # the Tflush cannot withdraw an op that has already run: it waits for its reply
+        assert d.ds.journal(0).tag_pending(t), f"tag {t} withdrawn by a Tflush, never answered"
+    assert d.ds.journal(0).tag_pending(12) and d.ds.journal(0).tag_pending(14)
     heartbeats_go_on(d, 0, n=1)
     assert [q[0] for q in queued(d.guest.rings[0])] == [10]
     d.guest.take(12)
