@@ -1,4 +1,4 @@
-"""Ring worker fast paths driven by a guest that holds replies back: held Treads, their Tflush, the loop's non-waiting alloc.
+"""Ring worker fast paths, driven by a guest that holds replies back: held Treads and their Tflush, the loop's alloc.
 
 Also the dispatcher's table-less inline ops under Tflush and tag reuse, and the notifies of a long drain.
 """
