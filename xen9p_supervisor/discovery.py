@@ -45,6 +45,9 @@ class Discovery:
         self.make_device = make_device
         self.devices: dict[Key, Device] = {}
         self._seen_alive: set[int] = set()
+        # Domids torn down on @releaseDomain whose backend nodes may linger (nothing removed them):
+        # a rescan must not adopt those again as new devices while the domain stays dead.
+        self._released: set[int] = set()
         self._fe_watched: set[Key] = set()
         self.rescans = 0
 
@@ -140,6 +143,8 @@ class Discovery:
         for key in sorted(found):
             dev = self.devices.get(key)
             if dev is None:
+                if self._still_released(key[1]):
+                    continue
                 dev = self.make_device(*key)
                 self.devices[key] = dev
                 self._watch_frontend(key, dev)
@@ -151,6 +156,7 @@ class Discovery:
         for key, dev in list(self.devices.items()):
             if key not in found:
                 dev.feed(Event.BACKEND_GONE)
+        self._released &= {k[1] for k in found}  # its nodes are gone: nothing left to ignore
         self.check_domains()
         self._sweep_forgotten()
 
@@ -173,10 +179,23 @@ class Discovery:
             elif domid in self._seen_alive:
                 # A domain we never saw alive may simply not be introduced yet (or ever, in tests).
                 self._seen_alive.discard(domid)
+                self._released.add(domid)
                 log.info("dom%d: domain released; tearing down its devices", domid)
                 for key, dev in list(self.devices.items()):
                     if key[1] == domid:
                         dev.feed(Event.DOMAIN_RELEASED)
+
+    def _still_released(self, domid: int) -> bool:
+        """Was domid released, and is it still not introduced again (domids get reused)?"""
+        if domid not in self._released:
+            return False
+        try:
+            alive = domain_alive(self.xs, domid)
+        except XenStoreError:
+            return True
+        if alive:
+            self._released.discard(domid)
+        return not alive
 
     def _watch_frontend(self, key: Key, dev: Device) -> None:
         try:
