@@ -92,6 +92,11 @@ def test_release_domain_tears_down(sim, daemon):
                              for p in pids), 10, "dom4 workers gone")
     assert daemon.device("dom5/dev0")["state"] == "connected"
     assert "dom4/dev0: released (domain_released)" in daemon.logs()
+    # A new backend makes xen9pd rescan: the dead domain's leftover backend dir (nothing removed it)
+    # must not be adopted again as a device, nor written to.
+    Guest(xs, 6).attach(tmp).connect(1)
+    assert daemon.device("dom4/dev0") is None
+    assert g.be_state() == 4
 
 
 def test_sigterm_closes_devices_and_leaves_no_process(sim):
