@@ -13,18 +13,23 @@ import sys
 import time
 from pathlib import Path
 
+# QEMU 7.2's TCG added AVX/AVX2; with them, dom0 programs under the nested Xen segfaulted at
+# random, pyzmq raised "SystemError: error return without exception set", time.monotonic()
+# read 141 s backwards, and ring workers stopped taking requests (runs 5-6). Without the AVX
+# family glibc and CPython use SSE code paths. XEN9P_QEMU_CPU overrides.
+QEMU_CPU = os.environ.get("XEN9P_QEMU_CPU", "max,-avx,-avx2,-fma,-f16c,-vaes,-vpclmulqdq,-avx-vnni")
 XEN_ARGS = ("console=com1 com1=115200,8n1 dom0_mem={mem},max:{mem} dom0_max_vcpus=1 "
             "loglvl=all guest_loglvl=all smap=0")
 DOM0_ARGS = "console=hvc0 earlyprintk=xen panic=-1 loglevel=6 xen9pinit=/xen9p/dom0-init.sh"
 # Lines worth echoing live; everything goes to the serial log.
 # What run.sh puts in the results share before boot (dom0 reads them); kept across a retry.
-INPUTS = ("domu", "cases")
+INPUTS = ("domu", "cases", "lab-env")
 ECHO_PREFIXES = ("DOM0[", "LAB[", "LOADER:", "P9T ", "CHECK ", "(XEN) Panic", "Kernel panic")
 
 
 def qemu_argv(images: Path, src: Path, results: Path, monitor: Path, mem_mb: int, extra: list[str]) -> list[str]:
     return [
-        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "1", "-m", "4G",
+        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", QEMU_CPU, "-smp", "1", "-m", "4G",
         "-display", "none", "-no-reboot", "-nic", "none",
         "-monitor", f"unix:{monitor},server=on,wait=off",
         "-serial", "stdio",

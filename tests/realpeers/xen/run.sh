@@ -4,7 +4,9 @@
 # real hypervisor in dom0, print a summary; exit 0 only if every check passed.
 #   env: XEN9P_CACHE (image cache), XEN9P_REALXEN_RUN_DIR (default /var/tmp/xen9p-realxen/run-<time>),
 #        XEN9P_REALXEN_CASES (default "platform qemu_xen9p xen9p_9pfs"; CI's reduced run: "xen9p_only"),
-#        XEN9P_REALXEN_TIMEOUT (wall-clock seconds per boot, default 3000), XEN9P_REBUILD=1
+#        XEN9P_REALXEN_TIMEOUT (wall-clock seconds per boot, default 5400), XEN9P_REBUILD=1,
+#        dom0 knobs: XEN9P_DOMU_EXTRA (domU kernel args, e.g. "p9steps=fio"), XEN9P_TAG_BUDGET (s per tag,
+#        1500), XEN9P_DOMU_STALL (s of domU console silence = stall, 600), XEN9P_READY_TIMEOUT (120)
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/../../.." && pwd)
@@ -29,10 +31,12 @@ install -m 755 "$HERE/guest/workload.sh" "$OV/workload.sh"
 cat "$IMG/domu-base.cpio.gz" "$OV/overlay.cpio.gz" > "$RUN/results/domu/initrd.cpio.gz"
 cp "$IMG/vmlinuz" "$RUN/results/domu/vmlinuz"
 echo "$CASES" > "$RUN/results/cases"
+# dom0 knobs (main.sh sources this): domU kernel args, per-tag budget, console-silence stall, xen9pd ready timeout.
+env | grep -E '^XEN9P_(DOMU_EXTRA|TAG_BUDGET|DOMU_STALL|READY_TIMEOUT)=' | sed "s/=\(.*\)/='\1'/" > "$RUN/results/lab-env"
 
 B=$SECONDS
 python3 "$HERE/boot.py" --images "$IMG" --src "$SRC" --results "$RUN/results" \
-    --timeout "${XEN9P_REALXEN_TIMEOUT:-3000}" --stall "${XEN9P_REALXEN_STALL:-240}"
+    --timeout "${XEN9P_REALXEN_TIMEOUT:-5400}" --stall "${XEN9P_REALXEN_STALL:-240}"
 say "QEMU finished in $((SECONDS - B))s"
 echo "boot_total_s	$((SECONDS - B))" >> "$RUN/results/host-timings.tsv"
 python3 "$HERE/summarize.py" "$RUN" --cases "$CASES"

@@ -8,8 +8,11 @@ PASS=0; FAIL=0
 ok() { echo "CHECK PASS $T:$1 $2"; PASS=$((PASS+1)); }
 bad() { echo "CHECK FAIL $T:$1 $2"; FAIL=$((FAIL+1)); }
 is() { [ "$2" = "$3" ] && ok "$1" "$2" || bad "$1" "want [$3] got [$2]"; }
-TAGS=share; FIO_S=15
-for a in $(cat /proc/cmdline); do case $a in p9tag=*) TAGS=${a#p9tag=};; p9fio=*) FIO_S=${a#p9fio=};; esac; done
+TAGS=share; FIO_S=15; STEPS=basic,many,fio
+for a in $(cat /proc/cmdline); do
+    case $a in p9tag=*) TAGS=${a#p9tag=};; p9fio=*) FIO_S=${a#p9fio=};; p9steps=*) STEPS=${a#p9steps=};; esac
+done
+step() { case ",$STEPS," in *,$1,*) echo "P9T STEP $T $1 uptime=$(up)"; return 0;; esac; return 1; }
 TAGS=$(echo $TAGS | tr , ' '); NT=$(echo $TAGS | wc -w)
 
 # Every 9pfs device Connected before mounting (wall-clock bound).
@@ -36,6 +39,15 @@ workload() {  # TAG MOUNTPOINT
     echo "TIME ${T}_mount_s $(el $t0)"
     t0=$(up)
     is read-hello "$(cat $M/hello.txt 2>&1)" "hello $T"
+    step basic && basic
+    step many && many
+    step fio && fio_jobs
+    echo "TIME ${T}_workload_s $(el $t0)"
+    umount $M && ok umount "" || bad umount "rc=$?"
+}
+
+basic() {  # uses T, M
+    local t
     # create + write 4 MiB with checksums, read back through the mount
     t=$(up); cp /tmp/src.bin $M/big.bin && sync; echo "TIME ${T}_write4m_s $(el $t)"
     echo 3 > /proc/sys/vm/drop_caches
@@ -58,21 +70,28 @@ workload() {  # TAG MOUNTPOINT
         setfattr -x user.xen9p $M/d3/g && is xattr-remove "$(getfattr --absolute-names -n user.xen9p $M/d3/g 2>&1 | grep -c lab-value)" 0
     else bad xattr "setfattr: $(cat /tmp/xe)"; fi
     chmod 640 $M/d3/g && is chmod "$(stat -c %a $M/d3/g)" 640
-    # a directory of 1,000 files
+    # open-then-unlink keeps the file readable
+    echo keep > $M/ou; exec 7< $M/ou; rm $M/ou; is open-unlinked "$(cat <&7)" keep; exec 7<&-
+    rm -r $M/d3 $M/sl $M/hl
+    is rm-r "$(ls $M/d3 2>/dev/null | wc -l)" 0
+}
+
+many() {  # a directory of 1,000 files; a progress line every 250 so a stall is told from slowness
+    local t i
     t=$(up); mkdir $M/many; i=0
-    while [ $i -lt 1000 ]; do echo $i > $M/many/f$i; i=$((i+1)); done
+    while [ $i -lt 1000 ]; do echo $i > $M/many/f$i; i=$((i+1)); [ $((i % 250)) = 0 ] && echo "P9T progress $T create $i"; done
     echo "TIME ${T}_create1000_s $(el $t)"
     t=$(up); is dir-1000 "$(ls $M/many | wc -l)" 1000; echo "TIME ${T}_list1000_s $(el $t)"
     is dir-1000-content "$(cat $M/many/f999)" 999
-    # rm -r of everything we made
-    t=$(up); rm -r $M/many $M/d3 $M/sl $M/hl; echo "TIME ${T}_rm1000_s $(el $t)"
-    is rm-r "$(ls $M/many $M/d3 2>/dev/null | wc -l)" 0
-    # open-then-unlink keeps the file readable
-    echo keep > $M/ou; exec 7< $M/ou; rm $M/ou; is open-unlinked "$(cat <&7)" keep; exec 7<&-
-    # fio: sequential and random, verified, bounded in time (TCG is slow)
+    t=$(up); rm -r $M/many; echo "TIME ${T}_rm1000_s $(el $t)"
+    is rm-r-1000 "$(ls $M/many 2>/dev/null | wc -l)" 0
+}
+
+fio_jobs() {  # sequential and random, verified, bounded in time (TCG is slow)
+    local t job
     for job in "seqw write 1m 8m --verify=md5" "seqr read 1m 8m" "randw randwrite 4k 4m --verify=md5" "randr randread 4k 4m"; do
         set -- $job
-        t=$(up)
+        t=$(up); echo "P9T STEP $T fio-$1 uptime=$t"
         if fio --name=$1 --directory=$M --rw=$2 --bs=$3 --size=$4 $5 --runtime=$FIO_S \
                --ioengine=psync --thread --output-format=terse --terse-version=3 \
                > /tmp/fio.out 2>/tmp/fio.err; then
@@ -83,8 +102,6 @@ workload() {  # TAG MOUNTPOINT
         else bad fio-$1 "$(tail -2 /tmp/fio.err | tr '\n' ' ')"; fi
     done
     rm -f $M/seq[wr].* $M/rand[wr].*
-    echo "TIME ${T}_workload_s $(el $t0)"
-    umount $M && ok umount "" || bad umount "rc=$?"
 }
 
 for TAG in $TAGS; do workload $TAG /mnt/$TAG; done
