@@ -2,6 +2,7 @@
 # The domU's verified workload, run by the domU init for each tag in p9tag=a,b on the kernel
 # command line: mount -t 9p -o trans=xen, checks as 'CHECK PASS|FAIL tag:name detail', timings as 'TIME k s'.
 export PATH=/bin:/usr/bin
+echo 1 > /proc/sys/kernel/sysrq 2>/dev/null  # dom0's post-mortem asks for blocked tasks (xl sysrq w)
 up() { cut -d' ' -f1 /proc/uptime; }
 el() { awk "BEGIN{printf \"%.2f\", $(up)-$1}"; }
 PASS=0; FAIL=0
