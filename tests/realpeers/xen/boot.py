@@ -15,8 +15,9 @@ from pathlib import Path
 
 # QEMU 7.2's TCG added AVX/AVX2; with them, dom0 programs under the nested Xen segfaulted at
 # random, pyzmq raised "SystemError: error return without exception set", time.monotonic()
-# read 141 s backwards, and ring workers stopped taking requests (runs 5-6). Without the AVX
-# family glibc and CPython use SSE code paths. XEN9P_QEMU_CPU overrides.
+# read 141 s backwards (runs 5-6; suspected, not proven, to be TCG's new AVX). Without the AVX
+# family glibc and CPython use SSE code paths. (A ring worker that stops taking requests is seen
+# with and without it: not this.) XEN9P_QEMU_CPU overrides.
 QEMU_CPU = os.environ.get("XEN9P_QEMU_CPU", "max,-avx,-avx2,-fma,-f16c,-vaes,-vpclmulqdq,-avx-vnni")
 XEN_ARGS = ("console=com1 com1=115200,8n1 dom0_mem={mem},max:{mem} dom0_max_vcpus=1 "
             "loglvl=all guest_loglvl=all smap=0")
