@@ -1,9 +1,12 @@
 """Entry point of `python -m xen9p_worker`: the socket mode in cli.main(), the ring mode in ring_main."""
 import faulthandler
+import signal
 import sys
 
-# A worker the supervisor SIGABRTs for being silent or slow leaves its stacks in the log.
+# A worker the supervisor SIGABRTs for being silent or slow leaves its stacks in the log;
+# SIGUSR1 dumps every thread's stack and carries on (post-mortems of a stuck ring).
 faulthandler.enable()
+faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
 
 if len(sys.argv) > 1 and sys.argv[1] == "ring":
     from .ring_main import main as ring_main

@@ -175,6 +175,7 @@ class RingWorker:
         self._flushes: list[list] = []
         self._flush_thread: threading.Thread | None = None
         self._room_waiters = 0
+        self._journal_full_logged = False
         self._tag_mu = threading.Lock()
         self._order: collections.deque[_Pending] = collections.deque()
         self._by_tag: dict[int, _Pending] = {}
@@ -409,7 +410,17 @@ class RingWorker:
         j = self.journal
         take = ring.take_request
         batch = NOTIFY_BATCH
-        while j.free_slots():
+        while True:
+            if not j.free_slots():
+                # Every journal slot holds a request out_cons has not passed: taking more is
+                # unsafe for crash resumption. Say so once: a guest waiting here looks hung.
+                if not self._journal_full_logged and ring.peek_request() is not None:
+                    self._journal_full_logged = True
+                    log.warning("%s: journal full (%d requests in flight behind out_cons %#x); "
+                                "waiting for the oldest to be answered", self.name, len(self._order),
+                                ring.out_cons)
+                break
+            self._journal_full_logged = False
             r = take()
             if r is None:
                 break
