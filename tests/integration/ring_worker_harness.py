@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 
+import pytest
 import zmq
 
 from xen9p_common import control
@@ -256,3 +257,18 @@ class Device:
         self.ds.close()
         self.ds.unlink()
         assert not os.path.exists(os.path.join(SHM_DIR, self.name))
+
+
+@pytest.fixture
+def device_factory(tmp_path):
+    """Devices made by a test, each in its own directory, all closed after it."""
+    made = []
+
+    def make(**kw):
+        d = Device(tmp_path / f"d{len(made)}", **kw)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close()

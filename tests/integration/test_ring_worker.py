@@ -22,20 +22,6 @@ O_RDWR = 2
 GETATTR_ALL = 0x3FFF
 
 
-@pytest.fixture
-def device_factory(tmp_path):
-    made = []
-
-    def make(**kw):
-        d = Device(tmp_path / f"d{len(made)}", **kw)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.close()
-
-
 def version(d: Device, msize: int) -> M.Rversion:
     r = d.guest.rpc(M.Tversion(M.NOTAG, msize, "9P2000.L"))  # NOTAG lands on ring 1, as on Linux
     assert isinstance(r, M.Rversion), r

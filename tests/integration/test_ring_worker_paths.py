@@ -20,20 +20,6 @@ BIG = 512 * 1024
 BIG_MSIZE = BIG + 24
 
 
-@pytest.fixture
-def device_factory(tmp_path):
-    made = []
-
-    def make(**kw):
-        d = Device(tmp_path / f"d{len(made)}", **kw)
-        made.append(d)
-        return d
-
-    yield make
-    for d in made:
-        d.close()
-
-
 # -- the guest's view of its in-rings, without consuming ------------------------------------
 
 def queued(g: GuestRing) -> list[tuple[int, int, int]]:
