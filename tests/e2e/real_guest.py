@@ -20,7 +20,7 @@ from xen9p_common.client import Client, P9Error
 from xen9p_common.errors import Xen9pError
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
-from xen9p_common.platform.sim.frontend import SimFrontend, mount
+from xen9p_common.platform.sim.frontend import Misbehave, SimFrontend, mount
 from xen9p_common.xenbus import XenbusState
 from xen9p_supervisor import toolstack
 from xen9p_supervisor.xen9psim import attach_device, destroy_domain
@@ -74,7 +74,7 @@ class RealGuest:
     """One attached device, its simulated frontend and (after mount()) its 9P client."""
 
     def __init__(self, world: World, domid: int, *, tag: str = "share", model: str = "passthrough",
-                 limits: dict | None = None) -> None:
+                 limits: dict | None = None, misbehave: Misbehave | None = None) -> None:
         self.world = world
         self.xs = world.xs
         self.domid = domid
@@ -83,7 +83,7 @@ class RealGuest:
         os.makedirs(self.export, exist_ok=True)
         self.be, self.fe_dir = attach_device(self.xs, domid=domid, path=self.export, tag=tag,
                                              security_model=model, limits=limits)
-        self.fe = SimFrontend(world.dir, domid, tag, timeout=10)
+        self.fe = SimFrontend(world.dir, domid, tag, misbehave=misbehave, timeout=10)
         self.client: Client | None = None
         self.root = None
 
@@ -105,7 +105,11 @@ class RealGuest:
         v = self.xs.read(self.be + "/state")
         return XenbusState(int(v)) if v and v.isdigit() else None
 
+    def wait_closed(self) -> None:
+        wait_for(lambda: self.be_state() == XenbusState.Closed, DEADLINE, f"{self.name} backend Closed")
+
     def works(self, name: str = "probe") -> bool:
+        """A few round trips through both rings, checked on the host."""
         self.root.mkdir(name, 0o755)
         with self.root.walk([name]) as d:
             d.getattr()

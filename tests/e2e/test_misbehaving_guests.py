@@ -5,107 +5,32 @@ Each knob: the bad device ends Closed with a log line naming it, a good guest ke
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import psutil
 import pytest
 
-from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with, wait_for
+from tests.e2e.real_guest import DEADLINE, RealGuest, World
+from tests.e2e.xen9pd_helpers import procs_with, wait_for
 from xen9p_common.errors import PlatformError, XenStoreError
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
-from xen9p_common.platform.sim.frontend import (FrontendError, Misbehave, SimFrontend, domain_socket,
-                                                flood_tflush, mount)
+from xen9p_common.platform.sim.frontend import FrontendError, Misbehave, domain_socket, flood_tflush
 from xen9p_common.platform.sim.grants import SimGrantMapper
 from xen9p_common.platform.xswire import XsWireClient
 from xen9p_common.xenbus import XenbusState
 from xen9p_supervisor import toolstack
-from xen9p_supervisor.xen9psim import attach_device, destroy_domain
+from xen9p_supervisor.xen9psim import destroy_domain
 
-DEADLINE = 20.0
-
-
-@functools.lru_cache(maxsize=1)
-def ring_worker_missing() -> str | None:
-    """Why the real ring worker cannot run here (None if it can)."""
-    r = subprocess.run([sys.executable, "-m", "xen9p_worker", "ring", "--help"], capture_output=True,
-                       cwd=ROOT, env=env_for_children(), timeout=60)
-    if r.returncode != 0:
-        return "the ring worker (python -m xen9p_worker ring) has not landed"
-    return None
 
 
 @pytest.fixture(scope="module")
 def world():
     """One sim xenstored and one xen9pd (real workers) for the module; tests use distinct domids."""
-    why = ring_worker_missing()
-    if why:
-        pytest.skip(why)
-    d = tempfile.mkdtemp(prefix="mis", dir="/tmp")
-    xsd = SimXenstored(d)
-    daemon = Xen9pd(d, d, worker_cmd=f"{sys.executable} -m xen9p_worker", device_state="auto",
-                    heartbeat_timeout=10.0, ready_timeout=10.0, kill_grace=2.0, close_timeout=5.0)
-    xs = xsd.client()
-    yield d, xs, daemon
-    xs.close()
-    daemon.stop()
-    xsd.stop()
-    leftover = procs_with(d)
-    for p in leftover:
-        p.kill()
-    shutil.rmtree(d, ignore_errors=True)
-    assert not leftover, f"processes left behind: {[p.pid for p in leftover]}"
-
-
-class Guest:
-    """One attached device and its simulated frontend."""
-
-    def __init__(self, world, domid: int, *, tag: str = "share", model: str = "passthrough",
-                 misbehave: Misbehave | None = None) -> None:
-        self.sim_dir, self.xs, self.daemon = world
-        self.domid = domid
-        self.name = f"dom{domid}/dev0"
-        self.export = os.path.join(self.sim_dir, f"export{domid}")
-        os.makedirs(self.export, exist_ok=True)
-        self.be, self.fe_dir = attach_device(self.xs, domid=domid, path=self.export, tag=tag,
-                                             security_model=model)
-        self.fe = SimFrontend(self.sim_dir, domid, tag, misbehave=misbehave, timeout=10)
-        self.client = self.root = None
-
-    def mount(self) -> "Guest":
-        self.client, self.root = mount(self.fe)
-        return self
-
-    def be_state(self) -> XenbusState | None:
-        v = self.xs.read(self.be + "/state")
-        return XenbusState(int(v)) if v and v.isdigit() else None
-
-    def wait_closed(self) -> None:
-        wait_for(lambda: self.be_state() == XenbusState.Closed, DEADLINE, f"{self.name} backend Closed")
-
-    def works(self, name: str = "probe") -> bool:
-        """A few round trips through both rings, checked on the host."""
-        self.root.mkdir(name, 0o755)
-        with self.root.walk([name]) as d:
-            d.getattr()
-        self.root.rmdir(name)
-        return not os.path.exists(os.path.join(self.export, name))
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        self.fe.close()
-        try:
-            toolstack.detach(self.xs, domid=self.domid, timeout=10)
-        except Exception:  # noqa: BLE001 - already gone after a release
-            pass
-        destroy_domain(self.xs, self.domid)
+    w = World("mis")
+    yield w
+    w.close()
 
 
 _good_domids = itertools.count(100)
@@ -115,11 +40,11 @@ _good_domids = itertools.count(100)
 def good(world):
     """A well-behaved guest on its own domid (unique per test) that must keep working."""
     domid = next(_good_domids)
-    g = Guest(world, domid, tag="good").mount()
+    g = RealGuest(world, domid, tag="good").mount()
     assert g.works()
     yield g
     assert g.works("after"), "the good guest stopped working"
-    assert world[2].ping(), "xen9pd stopped answering"
+    assert world.daemon.ping(), "xen9pd stopped answering"
     g.close()
 
 
@@ -136,8 +61,8 @@ def workers_of(domid: int) -> list[int]:
     return out
 
 
-def _bad(world, domid: int, **kw) -> Guest:
-    return Guest(world, domid, **kw)
+def _bad(world, domid: int, **kw) -> RealGuest:
+    return RealGuest(world, domid, **kw)
 
 
 @pytest.mark.parametrize("domid,bad,reason", [
@@ -153,7 +78,7 @@ def test_bad_handshake_values_close_the_device(world, good, domid, bad, reason):
         with pytest.raises(FrontendError):
             g.fe.connect()
         g.wait_closed()
-        log = world[2].wait_log(f"dom{domid}/dev0")
+        log = world.daemon.wait_log(f"dom{domid}/dev0")
         lines = [ln for ln in log.splitlines() if f"dom{domid}/dev0" in ln and "WARNING" in ln.upper()]
         assert any(reason in ln for ln in lines), lines
     finally:
@@ -172,7 +97,7 @@ def test_broken_ring_closes_only_that_device(world, good, domid, inject):
         inject(g.fe)
         g.wait_closed()
         assert g.fe.backend_closed.wait(DEADLINE)
-        log = world[2].wait_log(f"dom{domid}/dev0: disconnecting")
+        log = world.daemon.wait_log(f"dom{domid}/dev0: disconnecting")
         assert "ring" in log.split(f"dom{domid}/dev0: disconnecting", 1)[1].splitlines()[0].lower()
     finally:
         g.close()
@@ -226,7 +151,7 @@ def test_never_consuming_replies_blocks_only_that_device(world, good):
 
 
 def test_vanishing_guest_is_released(world, good):
-    sim_dir, xs, daemon = world
+    xs, daemon = world.xs, world.daemon
     g = _bad(world, 34).mount()
     try:
         assert g.works()
@@ -280,7 +205,7 @@ def test_same_tag_on_two_domains_is_kept_apart(world):
 
 
 def test_guest_cannot_touch_another_guests_nodes_or_grants(world):
-    sim_dir, xs, _ = world
+    sim_dir, xs = world.dir, world.xs
     a = _bad(world, 61).mount()
     b = _bad(world, 62).mount()
     try:
