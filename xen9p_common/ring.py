@@ -333,6 +333,14 @@ class BackendRing:
         """Forget taken-but-unconsumed requests: the cursor goes back to out_cons."""
         self._cursor = self._out_cons
 
+    def page_out_prod(self) -> int:
+        """The guest's out_prod as the page holds it now (diagnostics)."""
+        return self._iw[17]
+
+    def page_in_cons(self) -> int:
+        """The guest's in_cons as the page holds it now (diagnostics)."""
+        return self._iw[0]
+
     # -- replies (IN half) --------------------------------------------------
 
     def reply_space(self) -> int:

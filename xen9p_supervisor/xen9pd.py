@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import faulthandler
 import logging
 import os
 import signal
@@ -320,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xen9pd: bad config: {e}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(cfg.log_level)
+    # `kill -USR1` prints every thread's stack to stderr and carries on (a daemon that looks hung).
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     try:
         platform = open_platform(cfg.platform, cfg.sim_dir)
         xs = platform.xenstore()

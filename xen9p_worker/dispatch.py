@@ -174,6 +174,15 @@ class Session:
             r.state = _DROPPED
         handlers.clunk_all(self)
 
+    def request_state(self, tag: int) -> str | None:
+        """Where the request with `tag` is (diagnostics): queued, running, replying, or None."""
+        with self._mu:
+            req = self._inflight.get(tag)
+            if req is None:
+                return "replying" if tag in self._replying else None
+            cancel = " (parked, cancellable)" if req.cancel is not None else ""
+            return ("queued for an I/O thread", "running", "done", "dropped")[req.state] + cancel
+
     def inflight(self) -> int:
         return len(self._inflight)
 

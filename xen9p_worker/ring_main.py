@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-ring-order", type=int, default=9)
     p.add_argument("--threads", type=int, default=8, help="I/O threads")
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    p.add_argument("--stall-after", type=float, default=30.0,
+                   help="seconds a request may stay unanswered (or the loop idle) before the worker "
+                        "logs where it is stuck and dumps its threads' stacks (0 = never)")
     p.add_argument("--log-level", default="warning",
                    choices=["debug", "info", "warning", "error", "critical"])
     return p
@@ -66,8 +69,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {control.ring_name(args.domid, args.devid, args.ring)}"
                                f" %(name)s: %(message)s")
-    if not 0 <= args.max_ring_order <= 9 or args.threads < 1:
-        print("ring: --max-ring-order must be 0..9 and --threads >= 1", file=sys.stderr)
+    if not 0 <= args.max_ring_order <= 9 or args.threads < 1 or args.stall_after < 0:
+        print("ring: --max-ring-order must be 0..9, --threads >= 1 and --stall-after >= 0", file=sys.stderr)
         return EXIT_USAGE
     from .device_state import DeviceState
 
@@ -102,6 +105,11 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: worker.stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: worker.stop("SIGINT"))
         worker.setup()
+        if args.stall_after > 0:
+            from .watchdog import Watchdog
+            dog = Watchdog(worker, stall_after=args.stall_after, period=min(5.0, args.stall_after / 2),
+                           clock=worker.clock)
+            dog.start()
         return worker.run()
     except WorkerExit as e:
         log.error("%s", e)

@@ -199,6 +199,8 @@ class RingWorker:
         # reaches `point` (applied | done | replying | published). None in production.
         self._fault = fault
         self._fault_count = 0
+        self._pass_at = clock()  # when the loop last passed (the watchdog reads it)
+        self._untaken: tuple[int, float] | None = None  # watchdog: (read cursor, first seen stuck)
 
     def _crash(self, point: str) -> None:
         if self._fault[0] == point:
@@ -317,6 +319,7 @@ class RingWorker:
                     if not self._order or self.clock() >= drain_deadline:
                         break
                 now = self.clock()
+                self._pass_at = now
                 if now >= next_hb:
                     self._send(control.W_HEARTBEAT, ts=time.time())
                     next_hb = now + self.heartbeat
@@ -348,6 +351,68 @@ class RingWorker:
         self._publish_stats()
         self._send(control.W_BYE, reason=self._stop_reason or ("ring error" if code else "done"))
         return code
+
+    def health(self, now: float, stall_after: float) -> list[str]:
+        """What looks stuck (any thread; for the watchdog): a loop that stopped passing, a request
+        unanswered for longer than `stall_after` seconds, with where it waits and the ring's indexes."""
+        problems = []
+        idle = now - self._pass_at
+        if idle > stall_after:
+            problems.append(f"the loop thread has not passed for {idle:.0f}s")
+        try:
+            order = list(self._order)
+        except RuntimeError:  # changed while copied: the loop is moving, look next time
+            order = []
+        now_ns = time.monotonic_ns()
+        for p in order:
+            age = (now_ns - p.t0) / 1e9
+            if age <= stall_after:
+                break  # younger ones follow
+            where = self._where(p)
+            if p.finished or "parked" in where:
+                continue  # a Tlock waiting for its lock is not stuck
+            problems.append(f"request tag {p.tag} {_type_name(p.mtype)} at {p.index:#x} unanswered for "
+                            f"{age:.0f}s ({where})")
+            break
+        r = self.ring
+        if r is not None:
+            try:
+                cur, prod = r.read_cursor, r.page_out_prod()
+            except (ValueError, AttributeError):
+                cur = prod = 0
+            if cur == prod:
+                self._untaken = None
+            elif self._untaken is None or self._untaken[0] != cur:
+                self._untaken = (cur, now)  # something queued past the cursor: watch it move
+            elif now - self._untaken[1] > stall_after:
+                problems.append(f"{(prod - cur) & _M32} bytes queued past the read cursor {cur:#x} "
+                                f"not taken for {now - self._untaken[1]:.0f}s")
+        if problems:
+            problems.append(self._ring_picture())
+        return problems
+
+    def _where(self, p: _Pending) -> str:
+        if any(h[0] is p for h in list(self._held)):
+            return "held: its reply does not fit the in-ring yet"
+        if any(d[0] is p for d in list(self._deferred)):
+            return "reply deferred: no room or reply lock busy"
+        if p.held:
+            return "writing its reply"
+        state = getattr(self.session, "request_state", lambda tag: None)(p.tag)
+        return f"dispatcher: {state}" if state else "handed to the dispatcher, not in its table"
+
+    def _ring_picture(self) -> str:
+        r = self.ring
+        if r is None:
+            return "ring not mapped"
+        try:
+            page_prod, page_in_cons = r.page_out_prod(), r.page_in_cons()
+        except (ValueError, AttributeError):  # released at shutdown
+            return "ring released"
+        return (f"out_cons {r.out_cons:#x} cursor {r.read_cursor:#x} out_prod {page_prod:#x}; "
+                f"in_cons {page_in_cons:#x} in_prod {r.in_prod:#x} reserved {r.reserved:#x}; "
+                f"{len(self._order)} in flight, {len(self._held)} held, {len(self._deferred)} deferred; "
+                f"journal {self.journal.free_slots()}/{self.journal.slots} free")
 
     def stop(self, reason: str = "stop") -> None:
         """Stop taking requests, answer those in flight, exit (safe from a signal handler)."""
@@ -873,6 +938,11 @@ class RingWorker:
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
+
+
+def _type_name(mtype: int) -> str:
+    cls = M.BY_TYPE.get(mtype)
+    return cls.__name__ if cls is not None else f"type {mtype}"
 
 
 def _alive(pid: int) -> bool:

@@ -102,11 +102,21 @@ wait_domu() {
 post_mortem() {  # NAME DOMID ATTACH...
     local N=$1 id=$2 spec devs=""; shift 2
     timeout 20 xl sysrq $id w; sleep 10
+    # Every xen9p process: its threads' kernel state, and its Python stacks (SIGUSR1 dumps them
+    # into xen9pd's log without stopping anything).
+    for pid in $(pgrep -f 'xen9p_worker|xen9p_supervisor.xen9pd'); do
+        { echo "== pid $pid: $(tr '\0' ' ' < /proc/$pid/cmdline | cut -c1-160)"
+          for t in /proc/$pid/task/*; do echo "-- $t $(cut -d' ' -f2,3 $t/stat) wchan=$(cat $t/wchan)"; cat $t/stack; done
+        } >> $R/$N-procs-stuck.txt 2>&1
+        kill -USR1 $pid
+    done
+    sleep 5
+    timeout 60 python3 $H/dom0/journal_peek.py >> $R/$N-journal-stuck.txt 2>&1
     for spec in "$@"; do devs="$devs $id/$(echo $spec | cut -d: -f2)"; done
     timeout 60 python3 $H/dom0/ring_peek.py $devs > $R/$N-rings-stuck.txt 2>&1
     xenstore-ls -f > $R/$N-xenstore-stuck.txt 2>&1
     for q in status rings metrics; do
-        timeout 30 python3 -m xen9p_supervisor.xen9pctl --timeout 30 --json $q > $R/$N-xen9pctl-$q-stuck.json 2>&1
+        timeout 90 python3 -m xen9p_supervisor.xen9pctl --timeout 30 --json $q > $R/$N-xen9pctl-$q-stuck.json 2>&1
     done
     log "post-mortem of $N: $(grep -c 'queued [1-9]' $R/$N-rings-stuck.txt) ring half(s) with queued data"
     cat $R/$N-rings-stuck.txt
