@@ -140,6 +140,8 @@ class Discovery:
             for domid in self._children(self.kind_root(kind)):
                 for devid in self._children(f"{self.kind_root(kind)}/{domid}"):
                     found.add((kind, domid, devid))
+        gone = {d for d in {k[1] for k in found} if self._remove_leftovers(d)}
+        found = {k for k in found if k[1] not in gone}
         for key in sorted(found):
             dev = self.devices.get(key)
             if dev is None:
@@ -209,7 +211,43 @@ class Discovery:
         self._quiet_unwatch(f"/local/domain/{key[1]}/device/9pfs/{key[2]}/state", _TOK_FRONTEND + "%s:%d:%d" % key)
 
     def _sweep_forgotten(self) -> None:
+        dropped = set()
         for key, dev in list(self.devices.items()):
             if dev.forgotten:
                 del self.devices[key]
                 self._unwatch_frontend(key)
+                dropped.add(key[1])
+        for domid in sorted(dropped & self._released):
+            self._remove_leftovers(domid)
+
+    def _remove_leftovers(self, domid: int) -> bool:
+        """Remove our kinds' backend dirs of a domain that no longer exists; True if removed.
+
+        libxl removes /local/domain/<domid> when it destroys a domain, but not the backend dirs of
+        a kind it does not know (xen_9pfs, written by `xen9pctl attach`): left there, a later
+        xen9pd would adopt them as devices. A domain still introduced, or whose /local/domain dir
+        is there (being built, or a toolstack that keeps it), is left alone, and so is a dir that
+        one of our live devices still serves.
+        """
+        if any(k[1] == domid for k in self.devices):
+            return False
+        try:
+            if domain_alive(self.xs, domid) or self.xs.read(f"/local/domain/{domid}") is not None:
+                return False
+        except XenStoreError:
+            return False
+        removed = False
+        for kind in self.kinds:
+            path = f"{self.kind_root(kind)}/{domid}"
+            try:
+                if self.xs.read(path) is None:
+                    continue
+                self.xs.rm(path)
+            except XenStoreError as e:
+                log.warning("dom%d: cannot remove %s left by the dead domain: %s", domid, path, e)
+                continue
+            removed = True
+            log.info("dom%d: domain gone; removed its leftover backend dir %s", domid, path)
+        if removed:
+            self._released.discard(domid)
+        return removed

@@ -55,11 +55,18 @@ def create_domain(xs: XenStore, domid: int, name: str | None = None) -> None:
     xs.transaction(tx)
 
 
+# Device kinds libxl (Xen 4.17) knows: `xl destroy` removes their backend dirs. It does not know
+# `xen_9pfs` (written by `xen9pctl attach`), so that dir stays behind for xen9pd to remove (seen
+# on real Xen: findings F9).
+LIBXL_KINDS = frozenset({"9pfs", "vbd", "vbd3", "qdisk", "vif", "console", "vkbd", "vfb", "pci",
+                         "vtpm", "vusb", "qusb", "vdispl", "vsnd", "vinput"})
+
+
 def destroy_domain(xs: XenStore, domid: int, backend_domid: int = 0) -> None:
-    """What `xl destroy` does to xenstore: device backends and the domain's nodes go, then RELEASE."""
+    """What `xl destroy` does to xenstore: backends of kinds libxl knows and the domain's nodes go, then RELEASE."""
     base = f"/local/domain/{backend_domid}/backend"
     try:
-        kinds = xs.list(base)
+        kinds = [k for k in xs.list(base) if k in LIBXL_KINDS]
     except XenStoreError:
         kinds = []
     for path in [f"{base}/{k}/{domid}" for k in kinds] + [f"/local/domain/{domid}"]:

@@ -110,6 +110,14 @@ def main(argv=None) -> int:
             dog = Watchdog(worker, stall_after=args.stall_after, period=min(5.0, args.stall_after / 2),
                            clock=worker.clock)
             dog.start()
+        prof_dir = os.environ.get("XEN9P_PROFILE_DIR", "")  # development: cProfile the loop thread
+        if prof_dir:
+            import cProfile
+            prof = cProfile.Profile()
+            try:
+                return prof.runcall(worker.run)
+            finally:
+                prof.dump_stats(os.path.join(prof_dir, f"ring{args.ring}-{os.getpid()}.prof"))
         return worker.run()
     except WorkerExit as e:
         log.error("%s", e)

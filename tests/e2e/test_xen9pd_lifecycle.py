@@ -181,3 +181,43 @@ def test_sd_notify_ready_status_stopping_and_sighup_reload(sim):
         pass
     ns.close()
     assert "STOPPING=1" in msgs
+
+
+def test_backend_dirs_of_destroyed_domains_are_removed(sim, daemon):
+    """Findings F9 (real Xen): `xl destroy` removes /local/domain/<id> and the backends of kinds libxl
+    knows, not xen_9pfs; xen9pd removes what is left once the domain is gone, and only then."""
+    tmp, xs = sim
+    from xen9p_supervisor.sim_toolstack import destroy_domain
+    g = Guest(xs, 8).attach(tmp)
+    g.connect(2)
+    q = Guest(xs, 9, kind="9pfs").attach(tmp)
+    q.connect(1)
+    keep = Guest(xs, 11).attach(tmp)
+    keep.connect(1)
+    destroy_domain(xs, 8)
+    destroy_domain(xs, 9)
+    wait_for(lambda: xs.read("/local/domain/0/backend/xen_9pfs/8") is None, 10, "dom8's xen_9pfs dir removed")
+    assert xs.read("/local/domain/0/backend/9pfs/9") is None  # libxl's own kind: the toolstack removed it
+    wait_for(lambda: daemon.device("dom8/dev0") is None and daemon.device("dom9/dev0") is None, 10,
+             "devices of destroyed domains forgotten")
+    assert "dom8: domain gone; removed its leftover backend dir /local/domain/0/backend/xen_9pfs/8" in daemon.logs()
+    assert daemon.device("dom11/dev0")["state"] == "connected" and keep.be_state() == 4
+
+
+def test_fresh_daemon_removes_leftovers_of_dead_domains_and_adopts_live_ones(sim):
+    tmp, xs = sim
+    from xen9p_supervisor.sim_toolstack import destroy_domain
+    dead = Guest(xs, 12).attach(tmp)
+    live = Guest(xs, 13).attach(tmp)
+    destroy_domain(xs, 12)  # no daemon yet: nothing removes backend/xen_9pfs/12
+    assert xs.read("/local/domain/0/backend/xen_9pfs/12/0/state") is not None
+    d = Xen9pd(tmp, tmp)
+    try:
+        live.connect(1)
+        assert d.device("dom13/dev0")["state"] == "connected"
+        assert xs.read("/local/domain/0/backend/xen_9pfs/12") is None
+        assert d.device("dom12/dev0") is None
+        assert "dom12: domain gone; removed its leftover backend dir" in d.logs()
+    finally:
+        d.stop()
+    assert dead.be_state() is None
