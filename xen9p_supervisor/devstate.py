@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xen9p_common.errors import Xen9pError
+from xen9p_common.procs import pid_alive
 
 log = logging.getLogger("xen9pd")
 
@@ -116,7 +117,7 @@ def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
     gone = []
     for name in names:
         mt = _SEGMENT.match(name)
-        if mt is None or _alive(int(mt.group(1))):
+        if mt is None or pid_alive(int(mt.group(1))):
             continue
         try:
             os.unlink(os.path.join(shm_dir, name))
@@ -126,11 +127,3 @@ def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
     return gone
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -9,6 +9,7 @@ import os
 
 from xen9p_common.errors import Xen9pError, XenStoreError
 from xen9p_common.platform import Transaction, XenStore
+from xen9p_common.procs import pid_alive
 
 log = logging.getLogger("xen9pd")
 
@@ -26,7 +27,7 @@ def hold_libxl_node(xs: XenStore, self_domid: int) -> None:
     def tx(t: Transaction) -> None:
         if t.read(base + "/state") is not None:
             pid = (t.read(base + "/pid") or "").strip()
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
                 raise StartupError(f"{base}/state is held by a running daemon (pid {pid}); "
                                    f"stop it (xen-9pfsd or another xen9pd) first")
         t.write(base + "/state", "running")
@@ -48,11 +49,3 @@ def release_libxl_node(xs: XenStore, self_domid: int) -> None:
         log.warning("cannot remove %s: %s", base, e)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -50,6 +50,7 @@ from typing import Callable
 from xen9p_common import control
 from xen9p_common.errors import RingError, Xen9pError
 from xen9p_common.p9 import messages as M
+from xen9p_common.procs import pid_alive
 from xen9p_common.ring import BackendRing, Intf, IntfLayout, NoRoom
 
 from .device_state import DeviceState
@@ -241,7 +242,7 @@ class RingWorker:
         """Read what a predecessor left in the journal (crash resumption, step 5)."""
         ring = self.ring
         pred = self.journal.pid()
-        if pred and pred != os.getpid() and not _alive(pred):
+        if pred and pred != os.getpid() and not pid_alive(pred):
             self._orphaned_fids(pred)
         recs = self.journal.adopt()
         self._resume_in_prod = ring.in_prod
@@ -943,21 +944,6 @@ class RingWorker:
 def _type_name(mtype: int) -> str:
     cls = M.BY_TYPE.get(mtype)
     return cls.__name__ if cls is not None else f"type {mtype}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purpose; its fds are gone.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().split(b")")[-1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def _scatter(segs: list, data) -> None:
