@@ -327,7 +327,11 @@ class RingWorker:
                 if now >= next_stats:
                     self._publish_stats()
                     next_stats = now + self.stats_every
-                timeout = max(0.0, min(next_hb, next_stats) - self.clock())
+                # Never longer than one heartbeat, whatever the clock did (under a nested Xen dom0
+                # time.monotonic() was seen to step 141 s back: deadlines then lie in the far future).
+                timeout = min(max(0.0, min(next_hb, next_stats) - self.clock()), self.heartbeat)
+                if next_hb - now > self.heartbeat or next_stats - now > self.stats_every:
+                    next_hb, next_stats = now + self.heartbeat, now + self.stats_every
                 if self._stopping:
                     timeout = min(timeout, 0.01)
                 events = dict(poller.poll(int(timeout * 1000) + 1))

@@ -3,6 +3,7 @@ loop that stopped passing are each reported once, with where they wait, and re-a
 from __future__ import annotations
 
 import threading
+import time
 import pytest
 
 from xen9p_common.p9 import messages as M
@@ -149,3 +150,31 @@ def test_watchdog_rejects_nonsense_and_survives_a_failing_check():
     assert twice.wait(10), "the watchdog thread died on the first failing check"
     dog.stop()
     assert not dog._thread.is_alive()
+
+
+def test_heartbeats_go_on_when_the_clock_steps_back(tmp_path):
+    """Seen under a nested Xen dom0: time.monotonic() stepped 141 s back. The loop's deadlines
+    must not then lie in the future: heartbeats (and the periodic drain) keep their pace."""
+    d = Device(tmp_path, num_rings=1, order=0)
+    offset = [0.0]
+    r = d.guest.rings[0]
+    evt = SimEventChannels(d.sim_dir, 0)
+    w = RingWorker(domid=d.guest.domid, devid=0, ring=0, ring_ref=r.intf_ref, evtchn_port=r.port,
+                   grants=SimGrantMapper(d.sim_dir, 0), evtchn=evt, device=d.ds, session=HoldingSession(),
+                   heartbeat=0.05, stats_every=0.1, clock=lambda: time.monotonic() + offset[0])
+    beats = []
+    w._send = lambda mtype, **f: beats.append(mtype)
+    w.setup()
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: beats.count("heartbeat") >= 2, what="first heartbeats")
+        offset[0] = -1000.0
+        n = beats.count("heartbeat")
+        wait_for(lambda: beats.count("heartbeat") >= n + 3, timeout=5, what="heartbeats after the step back")
+    finally:
+        w.stop("test done")
+        t.join(timeout=10)
+        w.close()
+        evt.close()
+        d.close()
