@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)  # exits 2 on bad usage
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .memtune import tune_malloc
+    tune_malloc()  # before any I/O thread exists
     for attr, run in MODES.items():
         if getattr(args, attr, None) is not None:
             try:

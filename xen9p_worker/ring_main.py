@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-ring-order", type=int, default=9)
     p.add_argument("--threads", type=int, default=8, help="I/O threads")
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    p.add_argument("--spin-us", type=float, default=float(os.environ.get("XEN9P_SPIN_US", "0")),
+                   help="after a pass that took requests, poll the ring this many microseconds before "
+                        "sleeping on the event channel (0 = never)")
     p.add_argument("--stall-after", type=float, default=30.0,
                    help="seconds a request may stay unanswered (or the loop idle) before the worker "
                         "logs where it is stuck and dumps its threads' stacks (0 = never)")
@@ -73,7 +76,9 @@ def main(argv=None) -> int:
         print("ring: --max-ring-order must be 0..9, --threads >= 1 and --stall-after >= 0", file=sys.stderr)
         return EXIT_USAGE
     from .device_state import DeviceState
+    from .memtune import tune_malloc
 
+    tune_malloc()  # before the I/O threads exist: they take their arenas on first malloc
     ctl = ctx = None
     worker = server = ds = None
     try:
@@ -99,7 +104,8 @@ def main(argv=None) -> int:
         worker = RingWorker(domid=args.domid, devid=args.devid, ring=args.ring, ring_ref=args.ring_ref,
                             evtchn_port=args.evtchn, grants=platform.grants(), evtchn=platform.evtchn(),
                             device=ds, session=session, control_sock=ctl,
-                            max_ring_order=args.max_ring_order, heartbeat=args.heartbeat, fault=fault)
+                            max_ring_order=args.max_ring_order, heartbeat=args.heartbeat, fault=fault,
+                            spin_us=args.spin_us)
         worker.hello()
         # Handlers only set a flag and write the wake pipe; the loop does the work.
         signal.signal(signal.SIGTERM, lambda *_: worker.stop("SIGTERM"))
