@@ -502,13 +502,17 @@ class RingWorker:
         batch = NOTIFY_BATCH
         while True:
             if not j.free_slots():
+                self._advance()  # a long drain: let out_cons pass what it answered meanwhile
+            if not j.free_slots():
                 # Every journal slot holds a request out_cons has not passed: taking more is
                 # unsafe for crash resumption. Say so once: a guest waiting here looks hung.
                 if not self._journal_full_logged and ring.peek_request() is not None:
                     self._journal_full_logged = True
+                    oldest = self._order[0] if self._order else None
                     log.warning("%s: journal full (%d requests in flight behind out_cons %#x); "
-                                "waiting for the oldest to be answered", self.name, len(self._order),
-                                ring.out_cons)
+                                "waiting for the oldest to be answered%s", self.name, len(self._order),
+                                ring.out_cons, f" (tag {oldest.tag} {_type_name(oldest.mtype)}: "
+                                f"{self._where(oldest)})" if oldest is not None else "")
                 break
             self._journal_full_logged = False
             r = take()
@@ -520,6 +524,7 @@ class RingWorker:
                 # Replies published so far go to the guest now: on another core it consumes
                 # them (and sends more) while we serve the rest of the drain.
                 batch = NOTIFY_BATCH
+                self._advance()  # room for more requests too, not only the replies
                 self._notify()
             index, size = r
             segs = ring.request_segments(index, size)
