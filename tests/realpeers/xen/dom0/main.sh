@@ -101,7 +101,7 @@ wait_domu() {
 # on its console), each ring's indexes and queued headers from dom0, xen9pd's view.
 post_mortem() {  # NAME DOMID ATTACH...
     local N=$1 id=$2 spec devs=""; shift 2
-    timeout 20 xl sysrq $id w; sleep 10
+    timeout 20 xl sysrq $id 9; timeout 20 xl sysrq $id w; sleep 10  # loglevel 9 first: the task dump prints at KERN_INFO
     # Every xen9p process: its threads' kernel state, and its Python stacks (SIGUSR1 dumps them
     # into xen9pd's log without stopping anything).
     for pid in $(pgrep -f 'xen9p_worker|xen9p_supervisor.xen9pd'); do
