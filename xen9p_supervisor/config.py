@@ -158,6 +158,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("device_state", _choice(*DEVICE_STATE_KINDS), "auto", "shared device state: auto, shm or none"),
     Option("max_fids", _int(16, 1 << 24), 16384, "fids per device"),
     Option("max_open_files", _int(1, 1 << 20), 1024, "open files per device unless the toolstack says"),
+    Option("worker_spin_us", _float(0.0, 10000.0), 30.0,
+           "µs a ring worker polls its ring after a busy pass before sleeping (0 on dom0s short of vCPUs)"),
     Option("heartbeat_timeout", _float(0.1, 3600), 10.0, "seconds of worker silence before SIGABRT"),
     Option("ready_timeout", _float(0.1, 3600), 10.0, "seconds for a worker to map and bind its ring"),
     Option("kill_grace", _float(0.05, 600), 2.0, "seconds between SIGABRT/SIGTERM and SIGKILL"),
@@ -191,6 +193,7 @@ class Config:
     device_state: str = "auto"
     max_fids: int = 16384
     max_open_files: int = 1024
+    worker_spin_us: float = 30.0
     heartbeat_timeout: float = 10.0
     ready_timeout: float = 10.0
     kill_grace: float = 2.0

@@ -112,6 +112,7 @@ class ControlCommands:
         self.cfg = configmod.with_changes(new, **keep)
         self.ctx.cfg = self.cfg
         self.launcher.worker_cmd = self.cfg.worker_cmd
+        self.launcher.spin_us = self.cfg.worker_spin_us  # workers started from now on
         self.cpus.set_cpus(self.cfg.usable_cpus())
         log.setLevel(self.cfg.log_level.upper())
         self.discovery.set_kinds(self.cfg.kinds)

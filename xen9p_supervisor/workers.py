@@ -62,6 +62,7 @@ class Launcher:
     worker_cmd: Sequence[str]
     platform: str
     sim_dir: str | None = None
+    spin_us: float | None = None
 
     def argv(self, spec: RingSpec) -> list[str]:
         args = list(self.worker_cmd) + ["ring", "--platform", self.platform]
@@ -71,6 +72,8 @@ class Launcher:
                  "--ring-ref", str(spec.ring_ref), "--evtchn", str(spec.evtchn), "--state", spec.state_name,
                  "--export", spec.export, "--security-model", spec.security_model,
                  "--supervisor", spec.supervisor]
+        if self.spin_us is not None:
+            args += ["--spin-us", f"{self.spin_us:g}"]
         return args
 
     def spawn(self, spec: RingSpec, cpu: int | None) -> subprocess.Popen:

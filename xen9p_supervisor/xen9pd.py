@@ -70,7 +70,7 @@ class Supervisor(ControlCommands):
         self.stopping = False
         self.shut_down = False
         self.metrics = Metrics()
-        self.launcher = Launcher(cfg.worker_cmd, platform_name, cfg.sim_dir)
+        self.launcher = Launcher(cfg.worker_cmd, platform_name, cfg.sim_dir, cfg.worker_spin_us)
         self.cpus = CpuAllocator(cfg.usable_cpus())
         self.workers = zctx.socket(zmq.ROUTER)
         self.workers.setsockopt(zmq.LINGER, 0)

@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-ring-order", type=int, default=9)
     p.add_argument("--threads", type=int, default=8, help="I/O threads")
     p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
-    p.add_argument("--spin-us", type=float, default=float(os.environ.get("XEN9P_SPIN_US", "0")),
+    p.add_argument("--spin-us", type=float, default=None,
                    help="after a pass that took requests, poll the ring this many microseconds before "
-                        "sleeping on the event channel (0 = never)")
+                        "sleeping on the event channel (0 = never; default $XEN9P_SPIN_US or 30)")
     p.add_argument("--stall-after", type=float, default=30.0,
                    help="seconds a request may stay unanswered (or the loop idle) before the worker "
                         "logs where it is stuck and dumps its threads' stacks (0 = never)")
@@ -69,11 +69,17 @@ def _server(args, ds):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.spin_us is None:
+        try:
+            args.spin_us = float(os.environ.get("XEN9P_SPIN_US", "30"))
+        except ValueError:
+            print("ring: XEN9P_SPIN_US must be a number of microseconds", file=sys.stderr)
+            return EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {control.ring_name(args.domid, args.devid, args.ring)}"
                                f" %(name)s: %(message)s")
-    if not 0 <= args.max_ring_order <= 9 or args.threads < 1 or args.stall_after < 0:
-        print("ring: --max-ring-order must be 0..9, --threads >= 1 and --stall-after >= 0", file=sys.stderr)
+    if not 0 <= args.max_ring_order <= 9 or args.threads < 1 or args.stall_after < 0 or args.spin_us < 0:
+        print("ring: --max-ring-order must be 0..9, --threads >= 1, --stall-after and --spin-us >= 0", file=sys.stderr)
         return EXIT_USAGE
     from .device_state import DeviceState
     from .memtune import tune_malloc

@@ -148,7 +148,7 @@ class RingWorker:
                  max_ring_order: int = IntfLayout.MAX_RING_ORDER, heartbeat: float = 1.0,
                  stats_every: float = 2.0, drain_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
-                 fault: tuple[str, int] | None = None, spin_us: float = 0.0) -> None:
+                 fault: tuple[str, int] | None = None, spin_us: float = 30.0) -> None:
         self.domid, self.devid, self.ring_no = domid, devid, ring
         self.ring_ref, self.remote_port = ring_ref, evtchn_port
         self.name = control.ring_name(domid, devid, ring)
@@ -365,13 +365,20 @@ class RingWorker:
 
     def _spin(self) -> bool:
         """Poll the ring (no syscall but a GIL-releasing yield) for up to `spin` seconds after a
-        pass that took requests; True when there is work again (a request or a completion)."""
+        pass that took requests; True when there is work again: a request, a completion, or room
+        the guest made for replies that wait for it."""
         self._took = 0
         ring = self.ring
         end = time.perf_counter() + self.spin
         yield_ = os.sched_yield
+        in_cons = ring.page_in_cons()
         while True:
             if ring.page_out_prod() != ring.read_cursor or self._wake_pending:
+                return True
+            if (self._held or self._deferred or self._room_waiters) and ring.page_in_cons() != in_cons:
+                if self._room_waiters:
+                    with self._room_cv:
+                        self._room_cv.notify_all()
                 return True
             if time.perf_counter() >= end:
                 return False

@@ -87,3 +87,16 @@ def test_xen9pd_bad_env_exits_78(monkeypatch, capsys):
     monkeypatch.setenv("XEN9PD_KINDS", "vbd")
     assert xen9pd_main(["--platform", "sim", "--sim-dir", "/nonexistent"]) == 78
     assert "kinds" in capsys.readouterr().err
+
+
+def test_worker_spin_reaches_the_worker_command_line():
+    from xen9p_supervisor.workers import Launcher
+    cfg = config.build({"worker_spin_us": "0"}, {})
+    assert cfg.worker_spin_us == 0.0 and config.build({}, {}).worker_spin_us == 30.0
+    spec = type("Spec", (), dict(domid=1, devid=0, ring=0, ring_ref=8, evtchn=9, state_name="s", export="/e",
+                                 security_model="none", supervisor="ipc://x"))()
+    argv = Launcher(("python3", "-m", "xen9p_worker"), "sim", "/tmp/x", cfg.worker_spin_us).argv(spec)
+    assert argv[argv.index("--spin-us") + 1] == "0"
+    with pytest.raises(ConfigError) as e:
+        config.build({"worker_spin_us": "-1"}, {})
+    assert e.value.key == "worker_spin_us"

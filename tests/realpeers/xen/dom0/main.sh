@@ -62,7 +62,8 @@ XEN9PD=""
 start_xen9pd() {  # KINDS NAME
     mkdir -p /run/xen9p
     python3 -m xen9p_supervisor.xen9pd --platform xen --kinds "$1" --log-level debug \
-        --ready-timeout ${XEN9P_READY_TIMEOUT:-120} --heartbeat-timeout 90 --startsecs 5 > $R/$2-xen9pd.log 2>&1 &
+        --ready-timeout ${XEN9P_READY_TIMEOUT:-120} --heartbeat-timeout 90 --startsecs 5 \
+        --worker-spin-us 0 > $R/$2-xen9pd.log 2>&1 &
     XEN9PD=$!
     local end; tick; end=$(( NOW + 180 ))
     while tick; [ "$NOW" -lt $end ]; do
