@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument("--" + opt)
     for opt in ("domid", "devid", "ring", "ring-ref", "evtchn"):
         ap.add_argument("--" + opt, type=int, required=True)
+    ap.add_argument("--spin-us", type=float)  # the real worker's command line, accepted and unused
     a = ap.parse_args(argv)
     name = f"dom{a.domid}/dev{a.devid}/ring{a.ring}"
     mode = mode_for(name, os.environ.get("XEN9P_FAKE_MODES", ""))
