@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     from .device_state import DeviceState
     from .memtune import tune_malloc
 
-    tune_malloc()  # before the I/O threads exist: they take their arenas on first malloc
+    tune_malloc()  # before the I/O threads exist: they pick their arenas on first malloc
     ctl = ctx = None
     worker = server = ds = None
     try:
