@@ -272,3 +272,39 @@ def device_factory(tmp_path):
     yield make
     for d in made:
         d.close()
+
+
+class InprocWorker:
+    """Ring 0 of `d` served by a RingWorker in this process (its own event channel handle).
+
+    `run()` starts its loop on a thread; `close()` stops it and releases everything. Tests that
+    drive the loop by hand call `w._pass()` / `w._drain()` on a worker they never run().
+    """
+
+    def __init__(self, d: Device, session, **kw) -> None:
+        from xen9p_common.platform.sim.grants import SimGrantMapper
+        from xen9p_worker.ring_worker import RingWorker
+
+        r = d.guest.rings[0]
+        self.evt = SimEventChannels(d.sim_dir, 0)
+        self.w = RingWorker(domid=d.guest.domid, devid=0, ring=0, ring_ref=r.intf_ref, evtchn_port=r.port,
+                            grants=SimGrantMapper(d.sim_dir, 0), evtchn=self.evt, device=d.ds, session=session,
+                            **kw)
+        self.w.setup()
+        self.code: int | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> "InprocWorker":
+        def loop() -> None:
+            self.code = self.w.run()
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> int | None:
+        if self._thread is not None:
+            self.w.stop("test done")
+            self._thread.join(timeout=10)
+        self.w.close()
+        self.evt.close()
+        return self.code

@@ -7,12 +7,10 @@ import time
 import pytest
 
 from xen9p_common.p9 import messages as M
-from xen9p_common.platform.sim.evtchn import SimEventChannels
-from xen9p_common.platform.sim.grants import SimGrantMapper
 from xen9p_worker.ring_worker import RingWorker
 from xen9p_worker.watchdog import Watchdog
 
-from .ring_worker_harness import Device, wait_for
+from .ring_worker_harness import Device, InprocWorker, wait_for
 
 
 class HoldingSession:
@@ -46,18 +44,9 @@ class HoldingSession:
 def held(tmp_path):
     d = Device(tmp_path, num_rings=1, order=0, journal_slots=2)
     session = HoldingSession()
-    r = d.guest.rings[0]
-    evt = SimEventChannels(d.sim_dir, 0)
-    w = RingWorker(domid=d.guest.domid, devid=0, ring=0, ring_ref=r.intf_ref, evtchn_port=r.port,
-                   grants=SimGrantMapper(d.sim_dir, 0), evtchn=evt, device=d.ds, session=session)
-    w.setup()
-    t = threading.Thread(target=w.run, daemon=True)
-    t.start()
-    yield d, w, session
-    w.stop("test done")
-    t.join(timeout=10)
-    w.close()
-    evt.close()
+    iw = InprocWorker(d, session).run()
+    yield d, iw.w, session
+    iw.close()
     d.close()
 
 
@@ -157,24 +146,16 @@ def test_heartbeats_go_on_when_the_clock_steps_back(tmp_path):
     must not then lie in the future: heartbeats (and the periodic drain) keep their pace."""
     d = Device(tmp_path, num_rings=1, order=0)
     offset = [0.0]
-    r = d.guest.rings[0]
-    evt = SimEventChannels(d.sim_dir, 0)
-    w = RingWorker(domid=d.guest.domid, devid=0, ring=0, ring_ref=r.intf_ref, evtchn_port=r.port,
-                   grants=SimGrantMapper(d.sim_dir, 0), evtchn=evt, device=d.ds, session=HoldingSession(),
-                   heartbeat=0.05, stats_every=0.1, clock=lambda: time.monotonic() + offset[0])
+    iw = InprocWorker(d, HoldingSession(), heartbeat=0.05, stats_every=0.1,
+                      clock=lambda: time.monotonic() + offset[0])
     beats = []
-    w._send = lambda mtype, **f: beats.append(mtype)
-    w.setup()
-    t = threading.Thread(target=w.run, daemon=True)
-    t.start()
+    iw.w._send = lambda mtype, **f: beats.append(mtype)
+    iw.run()
     try:
         wait_for(lambda: beats.count("heartbeat") >= 2, what="first heartbeats")
         offset[0] = -1000.0
         n = beats.count("heartbeat")
         wait_for(lambda: beats.count("heartbeat") >= n + 3, timeout=5, what="heartbeats after the step back")
     finally:
-        w.stop("test done")
-        t.join(timeout=10)
-        w.close()
-        evt.close()
+        iw.close()
         d.close()

@@ -9,11 +9,8 @@ import threading
 import pytest
 
 from xen9p_common.p9 import messages as M
-from xen9p_common.platform.sim.evtchn import SimEventChannels
-from xen9p_common.platform.sim.grants import SimGrantMapper
-from xen9p_worker.ring_worker import RingWorker
 
-from .ring_worker_harness import Device, wait_for
+from .ring_worker_harness import Device, InprocWorker, wait_for
 
 
 class ScriptedSession:
@@ -49,20 +46,9 @@ class ScriptedSession:
 def inproc(tmp_path):
     d = Device(tmp_path, num_rings=1, order=0)
     session = ScriptedSession()
-    r = d.guest.rings[0]
-    evt = SimEventChannels(d.sim_dir, 0)
-    w = RingWorker(domid=d.guest.domid, devid=0, ring=0, ring_ref=r.intf_ref, evtchn_port=r.port,
-                   grants=SimGrantMapper(d.sim_dir, 0), evtchn=evt, device=d.ds, session=session)
-    w.setup()
-    result = {}
-    t = threading.Thread(target=lambda: result.setdefault("code", w.run()), daemon=True)
-    t.start()
-    yield d, w, session
-    w.stop("test done")
-    t.join(timeout=10)
-    assert result.get("code") == 0
-    w.close()
-    evt.close()
+    iw = InprocWorker(d, session).run()
+    yield d, iw.w, session
+    assert iw.close() == 0
     d.close()
 
 
@@ -87,11 +73,8 @@ def test_a_long_drain_frees_journal_slots_as_it_goes(tmp_path, caplog):
     that keeps the ring busy never makes the worker stop taking for lack of journal slots."""
     d = Device(tmp_path, num_rings=1, order=0, journal_slots=4)
     session = ScriptedSession()
-    r = d.guest.rings[0]
-    evt = SimEventChannels(d.sim_dir, 0)
-    w = RingWorker(domid=d.guest.domid, devid=0, ring=0, ring_ref=r.intf_ref, evtchn_port=r.port,
-                   grants=SimGrantMapper(d.sim_dir, 0), evtchn=evt, device=d.ds, session=session)
-    w.setup()
+    iw = InprocWorker(d, session)
+    w, r = iw.w, d.guest.rings[0]
     w._on_loop = threading.get_ident()  # this thread plays the loop: one drain, no wakeups
     try:
         for tag in range(40):  # 40 x 19 bytes: more than 4 journal slots' worth, all queued at once
@@ -104,6 +87,5 @@ def test_a_long_drain_frees_journal_slots_as_it_goes(tmp_path, caplog):
         w._advance()
         assert w.ring.out_cons == r.fr.out_prod and w.journal.free_slots() == 4
     finally:
-        w.close()
-        evt.close()
+        iw.close()
         d.close()
