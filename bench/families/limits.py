@@ -45,56 +45,46 @@ def _row(ctx: Context, target: str, op: str, size: int, n: int, wall: float, cpu
     ctx.add(row)
 
 
-def memcpy(ctx: Context) -> None:
-    p = ctx.profile
-    for size in sorted(set(p.data_sizes) | {512 * 1024}):
-        # Two MAP_SHARED regions, like a ring half and the guest buffer it is copied to.
-        src = mmap.mmap(-1, size, mmap.MAP_SHARED)
-        dst = mmap.mmap(-1, size, mmap.MAP_SHARED)
-        src.write(os.urandom(size))
-        sv, dv = memoryview(src), memoryview(dst)
-
-        def copy():
+def _copy_between(ctx: Context, op: str, size: int, src_size: int, dst_size: int, note: str) -> None:
+    """Time copying `size` bytes from a `src_size` MAP_SHARED region into a `dst_size` one (like a
+    ring half and the guest buffer), cycling over both when they are bigger than `size`."""
+    src = mmap.mmap(-1, src_size, mmap.MAP_SHARED)
+    dst = mmap.mmap(-1, dst_size, mmap.MAP_SHARED)
+    for off in range(0, src_size, 1 << 20):
+        src[off:off + min(1 << 20, src_size - off)] = os.urandom(min(1 << 20, src_size - off))
+    sv, dv = memoryview(src), memoryview(dst)
+    chunks, slots = src_size // size, dst_size // size
+    state = [0]
+    if chunks == slots == 1:
+        def copy():  # the same buffers every time: no slicing in the timed loop
             dv[:] = sv
+    else:
+        def copy():
+            i = state[0]
+            d = (i % slots) * size
+            s = (i % chunks) * size
+            dv[d:d + size] = sv[s:s + size]
+            state[0] = i + 1
 
-        n, wall, cpu = _loop(copy, p.limit_duration, 10_000_000)
+    try:
+        n, wall, cpu = _loop(copy, ctx.profile.limit_duration, 10_000_000)
+    finally:
         sv.release()
         dv.release()
         src.close()
         dst.close()
-        _row(ctx, "limit: memcpy", "memcpy", size, n, wall, cpu, per_iter=size,
-             note="shared mmap -> shared mmap, same buffers (cache-resident)")
-    memcpy_streaming(ctx, 512 * 1024)
+    _row(ctx, "limit: memcpy", op, size, n, wall, cpu, per_iter=size, note=note)
 
 
-def memcpy_streaming(ctx: Context, size: int) -> None:
-    """memcpy as a Tread moves bytes: `size` chunks cycled over a source as big as the bench's
-    page-cached file (beyond the last-level cache) into a destination as big as a ring half."""
-    p = ctx.profile
-    span = max(p.read_file_mb << 20, 4 * size)
-    src = mmap.mmap(-1, span, mmap.MAP_SHARED)
-    dst = mmap.mmap(-1, 1 << 20, mmap.MAP_SHARED)
-    for off in range(0, span, 1 << 20):
-        src[off:off + (1 << 20)] = os.urandom(1 << 20)
-    sv, dv = memoryview(src), memoryview(dst)
-    chunks = span // size
-    halves = (1 << 20) // size or 1
-    state = [0]
-
-    def copy():
-        i = state[0]
-        d = (i % halves) * size
-        s = (i % chunks) * size
-        dv[d:d + size] = sv[s:s + size]
-        state[0] = i + 1
-
-    n, wall, cpu = _loop(copy, p.limit_duration, 10_000_000)
-    sv.release()
-    dv.release()
-    src.close()
-    dst.close()
-    _row(ctx, "limit: memcpy", "memcpy-stream", size, n, wall, cpu, per_iter=size,
-         note=f"{size >> 10} KiB chunks of a {span >> 20} MiB shared mmap -> a 1 MiB one (like a Tread)")
+def memcpy(ctx: Context) -> None:
+    for size in sorted(set(ctx.profile.data_sizes) | {512 * 1024}):
+        _copy_between(ctx, "memcpy", size, size, size, "shared mmap -> shared mmap, same buffers (cache-resident)")
+    # As a Tread moves bytes: 512 KiB chunks of a source as big as the bench's page-cached file
+    # (beyond the last-level cache) into a destination as big as a ring half.
+    size = 512 * 1024
+    span = max(ctx.profile.read_file_mb << 20, 4 * size)
+    _copy_between(ctx, "memcpy-stream", size, span, 1 << 20,
+                  f"{size >> 10} KiB chunks of a {span >> 20} MiB shared mmap -> a 1 MiB one (like a Tread)")
 
 
 def syscalls(ctx: Context) -> None:
