@@ -57,6 +57,7 @@ from .device_state import DeviceState
 from .metrics import RingMetrics
 from .ring_resume import ResumeFixup
 from .shared import journal as J
+from .watchdog import type_name, where_waits
 
 log = logging.getLogger("xen9p.ring")
 
@@ -205,7 +206,6 @@ class RingWorker:
         # sleeping: the guest usually consumes within microseconds, a wakeup costs more.
         self.spin = spin_us / 1e6
         self._bulk = False  # a big reply went out since the last spin: data traffic, worth polling for
-        self._untaken: tuple[int, float] | None = None  # watchdog: (read cursor, first seen stuck)
 
     def _crash(self, point: str) -> None:
         if self._fault[0] == point:
@@ -388,68 +388,6 @@ class RingWorker:
                 return False
             yield_()
 
-    def health(self, now: float, stall_after: float) -> list[str]:
-        """What looks stuck (any thread; for the watchdog): a loop that stopped passing, a request
-        unanswered for longer than `stall_after` seconds, with where it waits and the ring's indexes."""
-        problems = []
-        idle = now - self._pass_at
-        if idle > stall_after:
-            problems.append(f"the loop thread has not passed for {idle:.0f}s")
-        try:
-            order = list(self._order)
-        except RuntimeError:  # changed while copied: the loop is moving, look next time
-            order = []
-        now_ns = time.monotonic_ns()
-        for p in order:
-            age = (now_ns - p.t0) / 1e9
-            if age <= stall_after:
-                break  # younger ones follow
-            where = self._where(p)
-            if p.finished or "parked" in where:
-                continue  # a Tlock waiting for its lock is not stuck
-            problems.append(f"request tag {p.tag} {_type_name(p.mtype)} at {p.index:#x} unanswered for "
-                            f"{age:.0f}s ({where})")
-            break
-        r = self.ring
-        if r is not None:
-            try:
-                cur, prod = r.read_cursor, r.page_out_prod()
-            except (ValueError, AttributeError):
-                cur = prod = 0
-            if cur == prod:
-                self._untaken = None
-            elif self._untaken is None or self._untaken[0] != cur:
-                self._untaken = (cur, now)  # something queued past the cursor: watch it move
-            elif now - self._untaken[1] > stall_after:
-                problems.append(f"{(prod - cur) & _M32} bytes queued past the read cursor {cur:#x} "
-                                f"not taken for {now - self._untaken[1]:.0f}s")
-        if problems:
-            problems.append(self._ring_picture())
-        return problems
-
-    def _where(self, p: _Pending) -> str:
-        if any(h[0] is p for h in list(self._held)):
-            return "held: its reply does not fit the in-ring yet"
-        if any(d[0] is p for d in list(self._deferred)):
-            return "reply deferred: no room or reply lock busy"
-        if p.held:
-            return "writing its reply"
-        state = getattr(self.session, "request_state", lambda tag: None)(p.tag)
-        return f"dispatcher: {state}" if state else "handed to the dispatcher, not in its table"
-
-    def _ring_picture(self) -> str:
-        r = self.ring
-        if r is None:
-            return "ring not mapped"
-        try:
-            page_prod, page_in_cons = r.page_out_prod(), r.page_in_cons()
-        except (ValueError, AttributeError):  # released at shutdown
-            return "ring released"
-        return (f"out_cons {r.out_cons:#x} cursor {r.read_cursor:#x} out_prod {page_prod:#x}; "
-                f"in_cons {page_in_cons:#x} in_prod {r.in_prod:#x} reserved {r.reserved:#x}; "
-                f"{len(self._order)} in flight, {len(self._held)} held, {len(self._deferred)} deferred; "
-                f"journal {self.journal.free_slots()}/{self.journal.slots} free")
-
     def stop(self, reason: str = "stop") -> None:
         """Stop taking requests, answer those in flight, exit (safe from a signal handler)."""
         self._stopping = True
@@ -522,8 +460,8 @@ class RingWorker:
                     oldest = self._order[0] if self._order else None
                     log.warning("%s: journal full (%d requests in flight behind out_cons %#x); "
                                 "waiting for the oldest to be answered%s", self.name, len(self._order),
-                                ring.out_cons, f" (tag {oldest.tag} {_type_name(oldest.mtype)}: "
-                                f"{self._where(oldest)})" if oldest is not None else "")
+                                ring.out_cons, f" (tag {oldest.tag} {type_name(oldest.mtype)}: "
+                                f"{where_waits(self, oldest)})" if oldest is not None else "")
                 break
             self._journal_full_logged = False
             r = take()
@@ -981,11 +919,6 @@ class RingWorker:
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
-
-
-def _type_name(mtype: int) -> str:
-    cls = M.BY_TYPE.get(mtype)
-    return cls.__name__ if cls is not None else f"type {mtype}"
 
 
 def _scatter(segs: list, data) -> None:

@@ -125,16 +125,16 @@ def test_watchdog_rejects_nonsense_and_survives_a_failing_check():
     calls = []
     twice = threading.Event()
 
-    class Broken:
+    class Worker:
         name = "broken"
 
-        def health(self, now, stall_after):
-            calls.append(now)
-            if len(calls) >= 2:
-                twice.set()
-            raise RuntimeError("boom")
+    def broken_probe(now):
+        calls.append(now)
+        if len(calls) >= 2:
+            twice.set()
+        raise RuntimeError("boom")
 
-    dog = Watchdog(Broken(), stall_after=1, period=0.01)
+    dog = Watchdog(Worker(), stall_after=1, period=0.01, probe=broken_probe)
     dog.start()
     assert twice.wait(10), "the watchdog thread died on the first failing check"
     dog.stop()
