@@ -52,6 +52,7 @@ class DeviceState(enum.StrEnum):
 
 class Event(enum.StrEnum):
     ATTACHED = "attached"                        # backend state 1 + online 1 (toolstack created/reset it)
+    STALE_BACKEND = "stale_backend"              # a backend state past 1 that a previous backend instance wrote
     FRONTEND_INITIALISING = "frontend_initialising"
     FRONTEND_INITIALISED = "frontend_initialised"
     FRONTEND_CONNECTED = "frontend_connected"
@@ -109,6 +110,11 @@ _ROWS: list[tuple[DeviceState, Event, DeviceState, tuple[Action, ...]]] = [
     # Attach: advertise features, then wait for the frontend.
     (S.NEW, E.ATTACHED, S.ADVERTISED, (A.VALIDATE_CONFIG,) + _ADVERTISE),
     (S.NEW, E.FAILURE, S.FAILED, (A.REPORT_FAILURE, A.SET_STATE_CLOSED)),
+    # A previous xen9pd died (or stopped) while serving: its workers and session are gone, so close
+    # (the toolstack's keys checked, a reconnect needs them); a live frontend follows to Closed and
+    # comes back at Initialising for a fresh handshake (the CLOSED rows below).
+    (S.NEW, E.STALE_BACKEND, S.CLOSED, (A.VALIDATE_CONFIG, A.SET_STATE_CLOSED)),
+    (S.CLOSED, E.FAILURE, S.FAILED, (A.REPORT_FAILURE, A.SET_STATE_CLOSED)),
     (S.ADVERTISED, E.FRONTEND_INITIALISED, S.CONNECTING, _START),
     (S.ADVERTISED, E.FRONTEND_CLOSING, S.CLOSING, (A.SET_STATE_CLOSING,)),
     (S.ADVERTISED, E.FRONTEND_CLOSED, S.CLOSED, (A.SET_STATE_CLOSED,)),

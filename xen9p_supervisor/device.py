@@ -132,20 +132,12 @@ class Device:
         """A backend state we did not write: a previous xen9pd died (or stopped) while serving this device.
 
         Its workers and device state are gone, so re-adopting the rings would hand the guest a session that
-        forgot every fid. Instead close cleanly: validate the toolstack's keys (a reconnect needs them) and
-        write Closed. A live frontend follows to Closed; when it comes back to Initialising it gets a fresh
-        handshake (the CLOSED row of the table), so the guest never waits on a ring nobody serves.
+        forgot every fid: the STALE_BACKEND row closes it instead (xen9p_common.xenbus), so the guest never
+        waits on a ring nobody serves.
         """
         self.info("backend found in state %s written by a previous backend instance; closing it so the "
                   "frontend reconnects", observed.name)
-        try:
-            self._read_config()
-        except (DeviceFailure, XenStoreError) as e:
-            self.fail(str(e))  # NEW + FAILURE: warning and backend Closed
-            return
-        self._write_state(XenbusState.Closed)
-        # Not a row of the shared transition table (xen9p_common.xenbus): NEW -> CLOSED with the config read.
-        self.state = DeviceState.CLOSED
+        self.feed(Event.STALE_BACKEND)
 
     def tick(self) -> None:
         """Timers: worker supervision and the close timeout."""

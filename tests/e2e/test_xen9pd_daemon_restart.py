@@ -60,3 +60,25 @@ def test_restarted_daemon_closes_connected_devices_and_guests_reconnect(world, h
     finally:
         a.close()
         b.close()
+
+
+def test_stale_backend_whose_export_went_away_fails_closed_and_others_reconnect(world):
+    """The STALE_BACKEND row with keys that no longer hold: the new daemon still writes Closed (the
+    guest never waits on a dead ring) and names the reason; the other device reconnects."""
+    a = RealGuest(world, 11).mount()
+    b = RealGuest(world, 12, tag="other").mount()
+    try:
+        assert a.works() and b.works()
+        world.daemon.stop(signal.SIGKILL)
+        os.rename(a.export, a.export + ".moved")  # the toolstack's path is gone when the daemon returns
+        new = world.start_daemon()
+        for g in (a, b):
+            wait_for(lambda g=g: g.be_state() == XenbusState.Closed, DEADLINE, f"{g.name} closed by the new daemon")
+        dev = new.device("dom11/dev0")
+        assert "is not a directory on this host" in dev["error"] and dev["backend_state"] == "Closed"
+        assert f"dom11/dev0: disconnecting: export {a.export} is not a directory on this host" in new.logs()
+        b.remount()
+        assert b.works("again") and new.device("dom12/dev0")["state"] == "connected"
+    finally:
+        a.close()
+        b.close()

@@ -140,6 +140,22 @@ def test_closing_timeout():
     assert state is S.CLOSED and actions[-1] == A.FREE_DEVICE_STATE
 
 
+def test_stale_backend_of_a_dead_daemon_is_closed_then_reconnects():
+    """A backend state a previous xen9pd wrote: check the toolstack's keys, write Closed; the
+    frontend follows to Closed and is back at Initialising for a fresh handshake."""
+    state, actions, written = run([E.STALE_BACKEND])
+    assert state is S.CLOSED and actions == [A.VALIDATE_CONFIG, A.SET_STATE_CLOSED] and written == [X.Closed]
+    state, actions, written = run([E.FRONTEND_CLOSED, E.FRONTEND_INITIALISING] + HANDSHAKE[1:], state)
+    assert state is S.CONNECTED and written == [X.InitWait, X.Connected]
+
+
+def test_stale_backend_with_bad_keys_fails_closed():
+    # validate_config raised: the supervisor feeds FAILURE in the state the row reached
+    state, actions, written = run([E.FAILURE], transition(S.NEW, E.STALE_BACKEND)[0])
+    assert state is S.FAILED and actions == [A.REPORT_FAILURE, A.SET_STATE_CLOSED] and written == [X.Closed]
+    assert transition(S.CONNECTED, E.STALE_BACKEND) == (S.CONNECTED, ())  # only a device we never wrote
+
+
 # -- spurious events -----------------------------------------------------------
 
 REPEATABLE = [
