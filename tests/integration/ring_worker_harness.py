@@ -274,6 +274,20 @@ def device_factory(tmp_path):
         d.close()
 
 
+class StubSession:
+    """What a RingWorker needs of a dispatch.Session besides submit(), doing nothing: for tests
+    that script the answers themselves (subclasses define submit)."""
+
+    def __init__(self) -> None:
+        self.lock_keys: dict = {}
+
+    def cancel(self, tag: int) -> bool:
+        return False
+
+    def drop_stale_fds(self) -> int:
+        return 0
+
+
 class InprocWorker:
     """Ring 0 of `d` served by a RingWorker in this process (its own event channel handle).
 

@@ -10,14 +10,14 @@ from xen9p_common.p9 import messages as M
 from xen9p_worker.ring_worker import RingWorker
 from xen9p_worker.watchdog import Watchdog
 
-from .ring_worker_harness import Device, InprocWorker, wait_for
+from .ring_worker_harness import Device, InprocWorker, StubSession, wait_for
 
 
-class HoldingSession:
+class HoldingSession(StubSession):
     """Keeps every Tgetattr unanswered until release(); answers anything else at once."""
 
     def __init__(self) -> None:
-        self.lock_keys: dict = {}
+        super().__init__()
         self.held: dict[int, object] = {}
 
     def submit(self, frame, reply, alloc=None) -> None:
@@ -32,12 +32,6 @@ class HoldingSession:
 
     def release(self, tag: int) -> None:
         self.held.pop(tag)(M.encode(M.Rlerror(tag, 5)))
-
-    def cancel(self, tag: int) -> bool:
-        return False
-
-    def drop_stale_fds(self) -> int:
-        return 0
 
 
 @pytest.fixture

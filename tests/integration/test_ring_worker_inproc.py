@@ -10,17 +10,17 @@ import pytest
 
 from xen9p_common.p9 import messages as M
 
-from .ring_worker_harness import Device, InprocWorker, wait_for
+from .ring_worker_harness import Device, InprocWorker, StubSession, wait_for
 
 
-class ScriptedSession:
+class ScriptedSession(StubSession):
     """Answers Twrite with Rwrite(count) and everything else with Rlerror(EOPNOTSUPP)."""
 
     accepts_segments = True
 
     def __init__(self) -> None:
+        super().__init__()
         self.frames: list[tuple[str, bytes]] = []
-        self.lock_keys: dict = {}
 
     def submit(self, frame, reply, alloc=None) -> None:
         if isinstance(frame, list):
@@ -34,12 +34,6 @@ class ScriptedSession:
             reply(M.encode(M.Rwrite(msg.tag, len(msg.data))))
         else:
             reply(M.encode(M.Rlerror(msg.tag, 95)))
-
-    def cancel(self, tag: int) -> bool:
-        return False
-
-    def drop_stale_fds(self) -> int:
-        return 0
 
 
 @pytest.fixture
