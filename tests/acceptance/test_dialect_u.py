@@ -1,7 +1,7 @@
 """9P2000.u over the socket transport, in every security model: negotiation, the message set with
 QEMU's semantics, Rerror for every error, Mini-OS's session shape, and bad .u input.
 
-diod serves 9P2000.L only (its Tversion answers any other version "unknown"), so these run on xen9p.
+diod serves 9P2000.L only (its Tversion answers 9P2000.u with Rlerror EIO), so these run on xen9p.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from xen9p_common.p9.stat import STAT_DONT_TOUCH, pack_stat
 from .helpers import raises_errno
 from .servers import MSIZE
 
-pytestmark = pytest.mark.xen9p_only(reason="diod serves 9P2000.L only: its Tversion answers 9P2000.u 'unknown'")
+pytestmark = pytest.mark.xen9p_only(reason="diod serves 9P2000.L only: its Tversion answers 9P2000.u with Rlerror(EIO)")
 U = c.VERSION_9P2000U
 
 
