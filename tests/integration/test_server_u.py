@@ -187,3 +187,17 @@ def _fuzz_server_per_test():
     _FUZZ.pop("c", None)
     if srv is not None:
         srv.close()
+
+
+def test_dmlink_to_a_fid_of_another_session_is_refused(export):
+    (export / "f").write_bytes(b"x")
+    srv, a = make(export)
+    b = UConn(srv)
+    a.ok(M.Twalk, 0, 50, ("f",))  # fid 50 exists in session a only
+    b.ok(M.Twalk, 0, 1, ())
+    assert b.err(M.Tcreate, 1, "l", C.DMLINK, C.OREAD, "50\n") == errno.EINVAL
+    assert not (export / "l").exists() and (export / "f").stat().st_nlink == 1
+    a.ok(M.Twalk, 0, 2, ())
+    a.ok(M.Tcreate, 2, "l", C.DMLINK, C.OREAD, "50\n")  # in its own session it links
+    assert (export / "f").stat().st_nlink == 2
+    srv.close()
