@@ -76,7 +76,8 @@ def test_minios_shaped_session(server, env):
         assert g.read(0, 100) == b""  # OTRUNC
         g.clunk()
         cl.version(16384, U, notag=False, keep_fids=True)  # live update: fids stay
-        assert top.stat().qid == top.qid and d.stat().name == env.host.name
+        q = top.stat().qid
+        assert (q.type, q.path) == (top.qid.type, top.qid.path) and d.stat().name == env.host.name
         h = d.walk(["log"])
         h.remove()
         assert not (env.host / "log").exists()

@@ -51,7 +51,8 @@ def test_minios_shaped_session_on_one_order4_ring(device_factory):
     g.clunk()
     # kexec: the new kernel sends Tversion only and goes on with its fids.
     assert cl.version(16384, U, notag=False, keep_fids=True).version == U
-    assert root.stat().qid == root.qid
+    q = root.stat().qid
+    assert (q.type, q.path) == (root.qid.type, root.qid.path)  # version follows the mtime
     h = root.walk(["log"])
     h.remove()
     assert not os.path.exists(os.path.join(d.export, "log"))
@@ -109,3 +110,35 @@ def test_unikraft_shaped_session_msize_is_the_whole_ring(device_factory):
     ok(d, M.Twalk(6, 0, 20, ["dir"]), M.Rwalk)
     ok(d, M.Tremove(8, 20), M.Rremove)
     assert not os.path.exists(os.path.join(d.export, "dir"))
+
+
+def test_reply_larger_than_the_ring_is_an_rerror(device_factory):
+    """Order 0: a 2 KiB in-ring under the 4 KiB minimum msize. A Tread or a directory read whose
+    reply cannot fit gets the ring worker's EMSGSIZE, as Rerror in a .u session."""
+    d = device_factory(num_rings=1, order=0)
+    d.start()
+    ok(d, M.Tversion(1, 4096, U), M.Rversion)
+    ok(d, M.Tattach(2, 0, 0, "root", "", 0), M.Rattach)
+    with open(os.path.join(d.export, "f"), "wb") as fh:
+        fh.write(os.urandom(3000))
+    for i in range(40):
+        open(os.path.join(d.export, f"entry-{i:03d}-with-a-long-name"), "wb").close()
+    ok(d, M.Twalk(3, 0, 1, ["f"]), M.Rwalk)
+    ok(d, M.Topen(4, 1, C.OREAD), M.Ropen)
+    assert rerror(d, M.Tread(5, 1, 0, 3000)) == errno.EMSGSIZE
+    assert len(ok(d, M.Tread(6, 1, 0, 1000), M.Rread).data) == 1000  # still serving
+    ok(d, M.Twalk(7, 0, 2, []), M.Rwalk)
+    ok(d, M.Topen(8, 2, C.OREAD), M.Ropen)
+    assert rerror(d, M.Tread(9, 2, 0, 4000)) == errno.EMSGSIZE
+
+
+def test_many_u_requests_in_flight_on_one_ring(device_factory):
+    d = device_factory(num_rings=1, order=4)
+    d.start()
+    ok(d, M.Tversion(1, 16384, U), M.Rversion)
+    ok(d, M.Tattach(2, 0, 0, "root", "", 0), M.Rattach)
+    for tag in range(10, 42):  # all sent before any reply is taken
+        d.guest.send(M.encode(M.Tstat(tag, 0)))
+    for tag in range(10, 42):
+        r = M.decode(d.guest.take(tag))
+        assert isinstance(r, M.Rstat) and r.stat.name == "/"

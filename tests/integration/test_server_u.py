@@ -132,7 +132,8 @@ def test_confinement_walks_symlinks_and_special_files(export):
     os.mkfifo(export / "fifo")
     srv, c = make(export)
     r = c.ok(M.Twalk, 0, 1, ("..", ".."))
-    assert r.wqids[-1] == c.ok(M.Tstat, 0).stat.qid  # .. at the root stays there
+    q = c.ok(M.Tstat, 0).stat.qid
+    assert (r.wqids[-1].type, r.wqids[-1].path) == (q.type, q.path)  # .. at the root stays there
     c.ok(M.Twalk, 0, 2, ("esc",))
     assert c.err(M.Topen, 2, C.OREAD) == errno.ELOOP  # a symlink is never followed
     assert len(c.ok(M.Twalk, 0, 3, ("esc", "SECRET")).wqids) == 1  # stops at the symlink
