@@ -3,7 +3,8 @@ the new file, directory (opened), symlink, hard link, device, fifo or socket, as
 
 perm's DM* bits pick the kind; the extension carries what the kind needs: a symlink's target,
 "<fid>\\n" of the hard link's target, "b|c major minor" of a device. A regular file is created
-and opened with Topen's mode (OTRUNC, OEXCL, ORCLOSE apply); it may exist already (QEMU's rule).
+and opened with Topen's mode (OTRUNC, OEXCL, ORCLOSE apply); one that exists already is opened
+(QEMU's rule) unless OEXCL says otherwise.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .backend.local import join
 from .fdcache import ROLE_OPEN, ROLE_PATH
 from .fidfds import any_slot, fs, iounit, path_entry, path_slot
 from .fids import FID_DIR, FID_PATH
-from .handlers_io import check_open_limit, t_lcreate
+from .handlers_io import check_open_limit, t_lcreate, t_lopen
 from .quota import quota_for
 from .ustat import unix_perm
 
@@ -83,8 +84,16 @@ def t_create(s, m, req):
             raise OSError(errno.EINVAL, "no such fid to link to") from None
         raise
     if kind == "file":
-        flags = omode_lflags(m.mode) | C.L_O_CREAT
-        r = t_lcreate(s, M.Tlcreate(m.tag, m.fid, m.name, flags, unix_perm(m.perm), -1), req)
+        flags = omode_lflags(m.mode)
+        try:
+            # Exclusive first: a file that exists is only opened, its owner and mode untouched
+            # (and never removed when giving it the creator's owner fails).
+            r = t_lcreate(s, M.Tlcreate(m.tag, m.fid, m.name, flags | C.L_O_CREAT | C.L_O_EXCL,
+                                        unix_perm(m.perm), -1), req)
+        except FileExistsError:
+            if m.mode & C.OEXCL:
+                raise
+            r = _open_existing(s, m, e, name, flags, req)
         if m.mode & C.ORCLOSE:
             s.fids.update(m.fid, s.fids.get(m.fid).copy(rclose=True))
         return M.Rcreate(m.tag, r.qid, r.iounit)
@@ -112,6 +121,26 @@ def t_create(s, m, req):
     finally:
         s.fds.release(slot)
     return adopt(s, m, e, name)
+
+
+def _open_existing(s, m, e, name: bytes, flags: int, req):
+    """Tcreate of a name that exists: the fid opens it, as QEMU's create without OEXCL does."""
+    rel = join(e.path, name)
+    pfd = s.backend.walk(rel)
+    try:
+        if stat.S_ISDIR(os.fstat(pfd).st_mode):
+            raise OSError(errno.EISDIR, "a directory of that name exists")
+        qid = s.backend.qid_at(pfd, rel)
+    finally:
+        os.close(pfd)
+    s.fids.update(m.fid, e.copy(path=rel, qid=qid))
+    s.fds.drop((m.fid, e.generation, ROLE_PATH))  # that was the directory's
+    try:
+        return t_lopen(s, M.Tlopen(m.tag, m.fid, flags), req)
+    except BaseException:
+        s.fids.update(m.fid, e)
+        s.fds.drop((m.fid, e.generation, ROLE_PATH))
+        raise
 
 
 def adopt(s, m, e, name: bytes):

@@ -202,3 +202,25 @@ def test_dmlink_to_a_fid_of_another_session_is_refused(export):
     a.ok(M.Tcreate, 2, "l", C.DMLINK, C.OREAD, "50\n")  # in its own session it links
     assert (export / "f").stat().st_nlink == 2
     srv.close()
+
+
+def test_tcreate_of_an_existing_file_opens_it_untouched(export):
+    (export / "f").write_bytes(b"keep")
+    os.chmod(export / "f", 0o604)
+    if os.geteuid() == 0:
+        os.chown(export / "f", 4321, 4321)
+    (export / "d").mkdir()
+    srv, c = make(export)
+    c.ok(M.Twalk, 0, 1, ())
+    r = c.ok(M.Tcreate, 1, "f", 0o600, C.ORDWR, "")  # QEMU's rule: no OEXCL, so it opens
+    assert bytes(c.ok(M.Tread, 1, 0, 10).data) == b"keep"
+    st = (export / "f").stat()
+    assert st.st_mode & 0o777 == 0o604 and r.qid.path == c.ok(M.Tstat, 1).stat.qid.path
+    if os.geteuid() == 0:
+        assert st.st_uid == 4321  # the creator's owner is not forced onto an existing file
+    c.ok(M.Twalk, 0, 2, ())
+    assert c.err(M.Tcreate, 2, "f", 0o600, C.ORDWR | C.OEXCL, "") == errno.EEXIST
+    assert c.err(M.Tcreate, 2, "d", 0o600, C.OREAD, "") == errno.EISDIR
+    assert c.ok(M.Tstat, 2).stat.qid.type == C.QTDIR  # the fid is still the directory
+    c.ok(M.Tcreate, 2, "g", 0o600, C.ORDWR | C.OTRUNC, "")
+    srv.close()
