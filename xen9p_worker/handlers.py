@@ -18,6 +18,7 @@ from xen9p_common.p9 import constants as C
 from .fdcache import ROLE_PATH
 from .fidfds import any_slot, clunk_all, drop_fds, fs, path_entry, path_slot, release  # noqa: F401
 from .fids import FID_PATH, FID_XATTR_READ, FID_XATTR_WRITE, FidEntry
+from .handlers_create import t_create
 from .handlers_io import t_fsync, t_lcreate, t_lopen, t_read, t_readdir, t_write
 from .handlers_ns import (apply_xattr, remove_entry, t_getlock, t_link, t_lock, t_mkdir, t_mknod, t_remove, t_rename,
                           t_renameat, t_symlink, t_unlinkat, t_xattrcreate, t_xattrwalk)
@@ -213,7 +214,6 @@ TABLE = {
 }
 # Tcreate (.u layout) is accepted in a .L session too: Unikraft makes directories with it, and
 # QEMU's core serves it in any dialect. Tremove is in both dialects anyway.
-from .handlers_create import t_create  # noqa: E402  (it builds on this module's neighbours)
 TABLE[M.Tcreate] = t_create
 
 # Served on the caller's thread: metadata-only calls that do not wait on disk I/O.
