@@ -9,8 +9,9 @@ import time
 
 def guest_report(domid: int, tag: str, summary: dict) -> list[str]:
     """The lines `xen9psim guest` prints for a summary from run_guest()."""
-    lines = [f"dom{domid} tag {tag}: msize {summary['msize']}, {summary['rings']} rings "
-             f"of order {summary['ring_order']}"]
+    lines = [f"dom{domid} tag {tag}: {summary.get('frontend', 'linux')} guest, {summary.get('version', '9P2000.L')}, "
+             f"msize {summary['msize']}, {summary['rings']} rings of order {summary['ring_order']}"
+             + (f", {summary['live_updates']} live update(s)" if summary.get("live_updates") else "")]
     for w in summary["workloads"]:
         lines.append(f"  {w['workload']:<9} {w['ops']:>7} ops {w['bytes'] / (1 << 20):>9.1f} MiB "
                      f"{w['seconds']:>7.2f} s {w['mb_per_s']:>8.1f} MB/s {w['errors']:>3} errors")
