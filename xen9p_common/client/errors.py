@@ -11,7 +11,7 @@ from ..errors import ProtocolError, Xen9pError
 
 
 class P9Error(ProtocolError):
-    """The server answered Rlerror; `errno` is its ecode."""
+    """The server answered Rlerror (or a 9P2000.u Rerror); `errno` is its ecode."""
 
     def __init__(self, err: int, msg: str = "") -> None:
         name = _errno.errorcode.get(err, str(err))
