@@ -70,7 +70,7 @@ class MiniOSFrontend(SimFrontend):
         finally:
             self._release_rings()
         if wrong is not None:
-            raise FrontendError(f"{self.name}: shutdown: {wrong}")
+            raise FrontendError(f"{wrong}: Mini-OS's shutdown needs the backend's Closing before Closed")
 
     def reconnect(self) -> RingTransport:
         raise FrontendError(f"{self.name}: Mini-OS's 9pfront does not reconnect")

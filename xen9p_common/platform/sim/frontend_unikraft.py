@@ -62,15 +62,12 @@ def unikraft_mount(fe: UnikraftFrontend, *, timeout: float = 30.0) -> tuple[Clie
 
 
 def uk_mkdir(d: Fid, name: str, mode: int = 0o755) -> m.Qid:
-    """mkdir as Unikraft does it in a .L session: a clone of the directory, then the legacy Tcreate with DMDIR."""
-    with d.walk() as f:
-        return d.client.rpc(m.Tcreate, f.fid, name, c.DMDIR | (mode & 0o777), c.OREAD, "").qid
+    """mkdir as Unikraft does it in a .L session: the legacy Tcreate with DMDIR on a clone of the directory."""
+    f = d.create_u(name, c.DMDIR | (mode & 0o777), c.OREAD)
+    f.clunk()
+    return f.qid
 
 
 def uk_remove(d: Fid, name: str) -> None:
     """rm / rmdir as Unikraft does it: walk to the entry and Tremove it (the fid is gone either way)."""
-    f = d.walk([name])
-    try:
-        d.client.rpc(m.Tremove, f.fid)
-    finally:
-        f.forget()
+    d.walk([name]).remove()

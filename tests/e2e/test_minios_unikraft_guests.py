@@ -1,0 +1,161 @@
+"""xen9pd with real ring workers serving a Mini-OS-like guest (9P2000.u, one ring of order 4, live update, Closing
+before Closed) and a Unikraft-like one (msize = the whole ring, Tcreate for mkdir, Tremove, full-ring replies).
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from tests.e2e.real_guest import DEADLINE, World
+from tests.e2e.xen9pd_helpers import wait_for
+from xen9p_common.p9 import constants as c
+from xen9p_common.p9 import messages as m
+from xen9p_common.platform.sim.frontend_minios import MiniOSFrontend
+from xen9p_common.platform.sim.frontend_unikraft import UnikraftFrontend, uk_mkdir, uk_remove, unikraft_mount
+from xen9p_common.platform.sim.minios_session import ROOT_FID, MiniOSSession
+from xen9p_common.platform.sim.workloads import run_workload
+from xen9p_common.platform.sim.workloads_minios import live_update, minios
+from xen9p_common.ring import ring_size
+from xen9p_common.xenbus import XenbusState
+from xen9p_supervisor import toolstack
+from xen9p_supervisor.xen9psim import attach_device, destroy_domain
+
+
+@pytest.fixture(scope="module")
+def world():
+    w = World("mu")
+    yield w
+    w.close()
+
+
+class Attached:
+    """One xen_9pfs device for a guest of the given frontend class; detached and destroyed on exit."""
+
+    def __init__(self, world: World, domid: int, cls, model: str = "passthrough") -> None:
+        self.world, self.domid = world, domid
+        self.export = os.path.join(world.dir, f"export{domid}")
+        os.makedirs(self.export, exist_ok=True)
+        self.be, _ = attach_device(world.xs, domid=domid, path=self.export, tag="share", security_model=model)
+        self.fe = cls(world.dir, domid, "share", timeout=10)
+
+    def be_state(self) -> XenbusState | None:
+        v = self.world.xs.read(self.be + "/state")
+        return XenbusState(int(v)) if v and v.isdigit() else None
+
+    def __enter__(self) -> "Attached":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fe.close()
+        try:
+            toolstack.detach(self.world.xs, domid=self.domid, timeout=10)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        destroy_domain(self.world.xs, self.domid)
+
+
+def _minios_session(fe: MiniOSFrontend) -> MiniOSSession:
+    s = MiniOSSession(fe.connect(), timeout=30)
+    s.version(fe.transport.maxsize)
+    s.attach()
+    return s
+
+
+# -- xenbus only (no 9P): holds whatever the server speaks -------------------------------------
+
+def test_minios_xenbus_sequence_and_clean_closing_shutdown(world):
+    with Attached(world, 40, MiniOSFrontend) as g:
+        g.fe.connect()
+        assert g.be_state() is XenbusState.Connected and g.fe.order == 4
+        dev = world.daemon.device("dom40/dev0")
+        assert dev["state"] == "connected" and dev["num_rings"] == 1
+        g.fe.disconnect()  # raises unless xen9pd answered our Closing with Closing
+        assert g.fe.closing_answer is XenbusState.Closing
+        wait_for(lambda: g.be_state() is XenbusState.Closed, DEADLINE, "backend Closed after the frontend's Closed")
+        wait_for(lambda: world.daemon.device("dom40/dev0")["state"] == "closed", DEADLINE, "device closed")
+        assert world.daemon.device("dom40/dev0")["error"] is None
+
+
+def test_unikraft_xenbus_two_rings_of_order_6(world):
+    with Attached(world, 41, UnikraftFrontend) as g:
+        tr = g.fe.connect()
+        assert len(tr.rings) == 2 and g.fe.order == 6 and tr.maxsize == ring_size(6)
+        dev = world.daemon.device("dom41/dev0")
+        assert dev["state"] == "connected" and dev["num_rings"] == 2
+
+
+# -- 9P: these need the 9P2000.u server and Tcreate in .L sessions -------------------------------
+
+def test_minios_session_with_live_update_keeps_fid_0_and_open_fids(world):
+    with Attached(world, 42, MiniOSFrontend) as g:
+        s = _minios_session(g.fe)
+        try:
+            assert s.msize == 16 * 1024
+            log = s.open("xenstored.log", c.ORDWR, create=True)
+            assert s.write(log, 0, b"before\n") == 7
+            data = os.urandom(3 * s.msize)
+            f = s.open("state.bin", c.ORDWR, create=True)
+            assert s.write(f, 0, data) == len(data)
+            st = s.stat(f.fid)
+            assert st.length == len(data) and st.name == "state.bin"
+            s.clunk(f.fid)
+            s = live_update(g.fe, s)  # Tversion only, same version and msize
+            assert s.sent == {"Tversion": 1}
+            assert s.stat(ROOT_FID).mode & c.DMDIR  # fid 0 was kept
+            assert s.write(log, 7, b"after\n") == 6  # so was the open log's fid
+            f = s.open("state.bin", c.OREAD)  # walks from fid 0
+            assert s.read(f, 0, len(data) + 1) == data
+            s.clunk(f.fid)
+            s.clunk(log.fid)
+            with open(os.path.join(g.export, "xenstored.log"), "rb") as h:
+                assert h.read() == b"before\nafter\n"
+            for name in ("xenstored.log", "state.bin"):
+                s.remove(s.walk(name))
+            assert os.listdir(g.export) == []
+        finally:
+            s.close()
+        g.fe.disconnect()
+        assert g.fe.closing_answer is XenbusState.Closing
+        wait_for(lambda: g.be_state() is XenbusState.Closed, DEADLINE, "backend Closed")
+
+
+def test_minios_workload_passes(world):
+    with Attached(world, 43, MiniOSFrontend, model="mapped-xattr") as g:
+        s = _minios_session(g.fe)
+        try:
+            summary, s = minios(g.fe, s, seed=3, scale=2)
+            assert summary.errors == 0, summary.details
+            assert g.fe.live_updates == 1 and summary.ops > 10
+        finally:
+            s.close()
+        g.fe.disconnect()
+        assert os.listdir(g.export) == []
+
+
+def test_unikraft_session_mkdir_by_tcreate_remove_by_tremove_and_full_ring_reads(world):
+    with Attached(world, 44, UnikraftFrontend) as g:
+        client, root = unikraft_mount(g.fe)
+        try:
+            assert client.msize == ring_size(6) == 128 * 1024 and client.version_string == "9P2000.L"
+            qid = uk_mkdir(root, "dir", 0o750)
+            assert qid.type & c.QTDIR
+            host = os.path.join(g.export, "dir")
+            assert stat.S_ISDIR(os.lstat(host).st_mode) and os.lstat(host).st_mode & 0o777 == 0o750
+            full = client.msize - 11
+            with open(os.path.join(host, "big"), "wb") as h:
+                h.write(os.urandom(full + 4096))
+            with open(os.path.join(host, "big"), "rb") as h:
+                want = h.read(full)
+            with root.walk(["dir"]) as d, d.open_path(["big"], c.L_O_RDONLY) as f:
+                for _ in range(3):  # each Rread is msize bytes: it fills the whole in-ring
+                    assert bytes(client.rpc(m.Tread, f.fid, 0, full).data) == want
+            with root.walk(["dir"]) as d:
+                uk_remove(d, "big")
+            uk_remove(root, "dir")
+            assert os.listdir(g.export) == []
+            summary = run_workload("unikraft", root, seed=2, scale=2)
+            assert summary.errors == 0, summary.details
+        finally:
+            client.close()
