@@ -3,13 +3,16 @@ before Closed) and a Unikraft-like one (msize = the whole ring, Tcreate for mkdi
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from tests.e2e.real_guest import DEADLINE, World
-from tests.e2e.xen9pd_helpers import wait_for
+from tests.e2e.xen9pd_helpers import ROOT, env_for_children, wait_for
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
 from xen9p_common.platform.sim.frontend_minios import MiniOSFrontend
@@ -31,14 +34,14 @@ def world():
 
 
 class Attached:
-    """One xen_9pfs device for a guest of the given frontend class; detached and destroyed on exit."""
+    """One xen_9pfs device (and a frontend of class `cls`, if given); detached and destroyed on exit."""
 
-    def __init__(self, world: World, domid: int, cls, model: str = "passthrough") -> None:
+    def __init__(self, world: World, domid: int, cls=None, model: str = "passthrough") -> None:
         self.world, self.domid = world, domid
         self.export = os.path.join(world.dir, f"export{domid}")
         os.makedirs(self.export, exist_ok=True)
         self.be, _ = attach_device(world.xs, domid=domid, path=self.export, tag="share", security_model=model)
-        self.fe = cls(world.dir, domid, "share", timeout=10)
+        self.fe = cls(world.dir, domid, "share", timeout=10) if cls else None
 
     def be_state(self) -> XenbusState | None:
         v = self.world.xs.read(self.be + "/state")
@@ -48,7 +51,8 @@ class Attached:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.fe.close()
+        if self.fe is not None:
+            self.fe.close()
         try:
             toolstack.detach(self.world.xs, domid=self.domid, timeout=10)
         except Exception:  # noqa: BLE001 - already gone
@@ -159,3 +163,22 @@ def test_unikraft_session_mkdir_by_tcreate_remove_by_tremove_and_full_ring_reads
             assert summary.errors == 0, summary.details
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("domid,frontend,workloads,version,msize", [
+    (45, "minios", "minios", "9P2000.u", 16 * 1024),
+    (46, "unikraft", "unikraft,smoke", "9P2000.L", 128 * 1024),
+])
+def test_xen9psim_guest_runs_each_kernel(world, domid, frontend, workloads, version, msize):
+    """`xen9psim guest --frontend ...`: the simulated guests as the CLI (and the demo) run them."""
+    with Attached(world, domid) as g:
+        r = subprocess.run([sys.executable, "-m", "xen9p_supervisor.xen9psim", "--sim-dir", world.dir, "guest",
+                            "--domid", str(domid), "--tag", "share", "--frontend", frontend, "--json", "run",
+                            workloads], capture_output=True, text=True, cwd=ROOT, env=env_for_children(),
+                           timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        summary = json.loads(r.stdout.splitlines()[-1])["summary"]
+        assert summary["frontend"] == frontend and summary["version"] == version and summary["msize"] == msize
+        assert summary["errors"] == 0 and [w["workload"] for w in summary["workloads"]] == workloads.split(",")
+        assert summary.get("live_updates", 0) == (1 if frontend == "minios" else 0)
+        assert os.listdir(g.export) == []
