@@ -3,6 +3,7 @@ before Closed) and a Unikraft-like one (msize = the whole ring, Tcreate for mkdi
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -13,8 +14,10 @@ import pytest
 
 from tests.e2e.real_guest import DEADLINE, World
 from tests.e2e.xen9pd_helpers import ROOT, env_for_children, wait_for
+from xen9p_common.client import P9Error
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
+from xen9p_common.platform.sim.frontend import Misbehave
 from xen9p_common.platform.sim.frontend_minios import MiniOSFrontend
 from xen9p_common.platform.sim.frontend_unikraft import UnikraftFrontend, uk_mkdir, uk_remove, unikraft_mount
 from xen9p_common.platform.sim.minios_session import ROOT_FID, MiniOSSession
@@ -182,3 +185,31 @@ def test_xen9psim_guest_runs_each_kernel(world, domid, frontend, workloads, vers
         assert summary["errors"] == 0 and [w["workload"] for w in summary["workloads"]] == workloads.split(",")
         assert summary.get("live_updates", 0) == (1 if frontend == "minios" else 0)
         assert os.listdir(g.export) == []
+
+
+def test_minios_hasty_close_still_ends_closed_and_frees_the_device(world):
+    """Misbehave.hasty_close: Closing and Closed back to back (the daemon may see them as one change)."""
+    with Attached(world, 47, None) as g:
+        g.fe = MiniOSFrontend(world.dir, 47, "share", timeout=10, misbehave=Misbehave(hasty_close=True))
+        g.fe.connect()
+        rings = world.daemon.device("dom47/dev0")["rings"]
+        assert len(rings) == 1 and rings[0]["pid"]
+        g.fe.disconnect()
+        wait_for(lambda: g.be_state() is XenbusState.Closed, DEADLINE, "backend Closed")
+        wait_for(lambda: world.daemon.device("dom47/dev0")["rings"] == [], DEADLINE, "the ring worker stopped")
+        assert world.daemon.device("dom47/dev0")["state"] == "closed"
+
+
+def test_minios_reinit_with_another_msize_is_a_real_reset(world):
+    """Only the same version and msize keep the fids; any other Tversion resets the session (fid 0 gone)."""
+    with Attached(world, 48, MiniOSFrontend) as g:
+        s = _minios_session(g.fe)
+        try:
+            s = live_update(g.fe, s, msize=8192)
+            with pytest.raises(P9Error) as ei:
+                s.stat(ROOT_FID)
+            assert ei.value.errno != errno.EDOM  # an Rerror, never an Rlerror, in a .u session
+            s.attach()  # a fresh attach works again
+            assert s.stat(ROOT_FID).mode & c.DMDIR
+        finally:
+            s.close()

@@ -289,7 +289,8 @@ class SimFrontend(MisbehaviourMixin):
             if self.state not in (XenbusState.Closed, XenbusState.Initialising):
                 self._switch(XenbusState.Closing)
                 try:
-                    self.wait_backend({XenbusState.Closing, XenbusState.Closed})
+                    if not self.misbehave.hasty_close:
+                        self.wait_backend({XenbusState.Closing, XenbusState.Closed})
                 except FrontendError as e:
                     log.warning("%s: %s", self.name, e)
                 self._switch(XenbusState.Closed)

@@ -60,12 +60,13 @@ class MiniOSFrontend(SimFrontend):
         try:
             if self.state in (XenbusState.Initialised, XenbusState.Connected):
                 self._switch(XenbusState.Closing)
-                try:
-                    self.closing_answer = self.wait_backend(
-                        {XenbusState.Closing}, fail_on={s for s in XenbusState if s > XenbusState.Closing})
-                except FrontendError as e:
-                    self.closing_answer = self.backend_state()
-                    wrong = e
+                if not self.misbehave.hasty_close:
+                    try:
+                        self.closing_answer = self.wait_backend(
+                            {XenbusState.Closing}, fail_on={s for s in XenbusState if s > XenbusState.Closing})
+                    except FrontendError as e:
+                        self.closing_answer = self.backend_state()
+                        wrong = e
                 self._switch(XenbusState.Closed)
         finally:
             self._release_rings()

@@ -15,14 +15,17 @@ from .workloads_kit import Check, Progress, Summary
 STAT_FILE_TYPE_BITS = c.DMDIR | c.DMSYMLINK | c.DMDEVICE | c.DMNAMEDPIPE | c.DMSOCKET
 
 
-def live_update(fe: MiniOSFrontend, session: MiniOSSession) -> MiniOSSession:
-    """kexec: the old kernel's session ends; the new one re-uses the ring and sends Tversion only (same msize)."""
-    msize = session.msize
+def live_update(fe: MiniOSFrontend, session: MiniOSSession, msize: int | None = None) -> MiniOSSession:
+    """kexec: the old kernel's session ends; the new one re-uses the ring and sends Tversion only.
+
+    Mini-OS asks for the same msize; another `msize` (a misbehaving guest) makes it a real reset.
+    """
+    want = session.msize if msize is None else msize
     session.close()
     new = MiniOSSession(fe.live_update(), timeout=session.timeout)
-    granted = new.version(msize)
-    if granted != msize:
-        raise Xen9pError(f"live update: Tversion granted msize {granted}, was {msize}")
+    granted = new.version(want)
+    if granted != want:
+        raise Xen9pError(f"live update: Tversion granted msize {granted}, asked {want}")
     return new
 
 
