@@ -72,6 +72,7 @@ def test_rerror_raises_p9error_with_errno_and_text(pair):
     assert isinstance(req, m.Tstat) and req.fid == root.fid
     e = out["e"]
     assert isinstance(e, P9Error) and e.errno == errno.ENOENT and "No such file" in str(e)
+    assert e.ename == "No such file"
 
 
 def test_rerror_with_errno_zero_becomes_eio(pair):

@@ -180,7 +180,7 @@ class RpcClient:
         if isinstance(reply, m.Rlerror):
             fut.set_exception(P9Error(reply.ecode))
         elif isinstance(reply, m.Rerror):  # 9P2000.u: the text is the server's, errno its number
-            fut.set_exception(P9Error(reply.ecode or errno.EIO, reply.ename))
+            fut.set_exception(P9Error(reply.ecode or errno.EIO, reply.ename, ename=reply.ename))
         elif fut.reply_type is not None and not isinstance(reply, fut.reply_type):
             fut.set_exception(UnexpectedReply(f"{reply!r} in reply to {fut.request!r}"))
         else:

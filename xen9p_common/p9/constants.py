@@ -101,6 +101,7 @@ OWRITE = 0x01
 ORDWR = 0x02
 OEXEC = 0x03
 OACCMODE = 0x03
+OEXCL = 0x04  # QEMU's value (Plan 9's 0x1000 does not fit the mode byte)
 OTRUNC = 0x10
 ORCLOSE = 0x40
 OAPPEND = 0x80

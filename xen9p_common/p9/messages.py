@@ -407,6 +407,17 @@ def encode_header(mtype: int, tag: int, size: int) -> bytes:
     return HEADER.pack(size, mtype, tag)
 
 
+def error_code(frame) -> int | None:
+    """The errno an Rlerror or Rerror frame carries (Rerror's is its last four bytes), else None."""
+    if len(frame) < HEADER_SIZE + 4:
+        return None
+    if frame[4] == Rlerror.TYPE:
+        return struct.unpack_from("<I", frame, HEADER_SIZE)[0]
+    if frame[4] == Rerror.TYPE:
+        return struct.unpack_from("<I", frame, len(frame) - 4)[0]
+    return None
+
+
 def is_request(mtype: int) -> bool:
     return mtype % 2 == 0
 
@@ -416,6 +427,6 @@ def field_names(cls: type[Message]) -> tuple[str, ...]:
 
 
 __all__ = [c.__name__ for c in REGISTRY] + [
-    "Message", "EncodeError", "REGISTRY", "BY_TYPE", "decode", "encode", "encode_header", "frame_size", "peek_header",
+    "Message", "EncodeError", "REGISTRY", "BY_TYPE", "decode", "encode", "error_code", "encode_header", "frame_size", "peek_header",
     "HEADER", "HEADER_SIZE", "StatRecord", "NOTAG", "NOFID", "IOHDRSZ", "Qid", "is_request", "field_names", "Var",
 ]
