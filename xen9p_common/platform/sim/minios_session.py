@@ -20,6 +20,7 @@ from ...p9.stat import StatRecord
 from .frontend_ring import FrontendError
 
 N_REQS = 64            # Mini-OS's request slots; a tag is a slot number
+N_FIDS = 64            # its fid bitmap: fids 1..64, the lowest free one first
 ROOT_FID = 0
 VERSION = "9P2000.u"
 RREAD_OVERHEAD = 11    # size type tag count
@@ -39,7 +40,8 @@ class MiniOSSession:
     Several threads may call at once, each waiting for its own tag, as Mini-OS's threads do.
     """
 
-    def __init__(self, transport: Transport, timeout: float = 30.0, name: str = "minios-9p") -> None:
+    def __init__(self, transport: Transport, timeout: float = 30.0, name: str = "minios-9p",
+                 fids_in_use: frozenset[int] = frozenset()) -> None:
         self.transport = transport
         self.timeout = timeout
         self.msize = 0
@@ -49,7 +51,7 @@ class MiniOSSession:
         self._replies: dict[int, bytes] = {}
         self._closed: str | None = None
         self._fid_lock = threading.Lock()
-        self._next_fid = ROOT_FID + 1
+        self._fids_in_use = set(fids_in_use)  # a live update hands the new kernel the old one's
         self._reader = threading.Thread(target=self._read_loop, daemon=True, name=f"{name}-reader")
         self._reader.start()
 
@@ -134,18 +136,33 @@ class MiniOSSession:
         """fid 0, afid 0 (not NOFID), uname and aname "root", n_uname 0."""
         return self.call(m.Tattach, ROOT_FID, 0, "root", "root", 0).qid
 
+    @property
+    def fids_in_use(self) -> frozenset[int]:
+        with self._fid_lock:
+            return frozenset(self._fids_in_use)
+
     def new_fid(self) -> int:
         with self._fid_lock:
-            fid = self._next_fid
-            self._next_fid = fid + 1 if fid + 1 < m.NOFID else ROOT_FID + 1
-            return fid
+            for fid in range(1, N_FIDS + 1):
+                if fid not in self._fids_in_use:
+                    self._fids_in_use.add(fid)
+                    return fid
+        raise P9Error(errno.ENFILE, "every fid of the bitmap is in use")
+
+    def _put_fid(self, fid: int) -> None:
+        with self._fid_lock:
+            self._fids_in_use.discard(fid)
 
     # -- files ----------------------------------------------------------------------
 
     def walk(self, path: str) -> int:
         """A fid for `path`: a clone of fid 0, then one name per Twalk, as 9pfront walks."""
         fid = self.new_fid()
-        self.call(m.Twalk, ROOT_FID, fid, ())
+        try:
+            self.call(m.Twalk, ROOT_FID, fid, ())
+        except BaseException:
+            self._put_fid(fid)
+            raise
         try:
             for name in [p for p in path.split("/") if p]:
                 self.call(m.Twalk, fid, fid, (name,))
@@ -196,11 +213,17 @@ class MiniOSSession:
         return self.call(m.Tstat, fid).stat
 
     def clunk(self, fid: int) -> None:
-        self.call(m.Tclunk, fid)
+        try:
+            self.call(m.Tclunk, fid)
+        finally:
+            self._put_fid(fid)
 
     def remove(self, fid: int) -> None:
         """Tremove: Mini-OS's 9pfront never sends it (xen-9pfsd serves it); the simulated guest cleans up with it."""
-        self.call(m.Tremove, fid)
+        try:
+            self.call(m.Tremove, fid)
+        finally:
+            self._put_fid(fid)  # gone on the server either way
 
     def close(self) -> None:
         """End the session (the transport with it) and wait for the reader."""

@@ -18,11 +18,13 @@ STAT_FILE_TYPE_BITS = c.DMDIR | c.DMSYMLINK | c.DMDEVICE | c.DMNAMEDPIPE | c.DMS
 def live_update(fe: MiniOSFrontend, session: MiniOSSession, msize: int | None = None) -> MiniOSSession:
     """kexec: the old kernel's session ends; the new one re-uses the ring and sends Tversion only.
 
-    Mini-OS asks for the same msize; another `msize` (a misbehaving guest) makes it a real reset.
+    Mini-OS asks for the same msize; another `msize` (a misbehaving guest) makes it a real reset. The new
+    kernel knows which fids the old one holds (they stay open on the server), so it never reuses one.
     """
     want = session.msize if msize is None else msize
     session.close()
-    new = MiniOSSession(fe.live_update(), timeout=session.timeout)
+    new = MiniOSSession(fe.live_update(), timeout=session.timeout,
+                        fids_in_use=session.fids_in_use if msize is None else frozenset())
     granted = new.version(want)
     if granted != want:
         raise Xen9pError(f"live update: Tversion granted msize {granted}, asked {want}")
