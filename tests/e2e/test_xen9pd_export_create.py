@@ -5,19 +5,14 @@ import os
 
 import pytest
 
-from tests.e2e.xen9pd_helpers import Guest, SimXenstored, Xen9pd
+from tests.e2e.xen9pd_helpers import Guest, Xen9pd, xen9pd_world
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("xc").resolve())
-    xsd = SimXenstored(tmp)
-    xs = xsd.client()
-    d = Xen9pd(tmp, tmp)
-    yield tmp, xs, d
-    d.stop()
-    xs.close()
-    xsd.stop()
+    with xen9pd_world(tmp) as (xs, d):
+        yield tmp, xs, d
 
 
 def _reason(d: Xen9pd, name: str) -> str:

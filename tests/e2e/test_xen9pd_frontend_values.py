@@ -5,21 +5,16 @@ import os
 
 import pytest
 
-from tests.e2e.xen9pd_helpers import Guest, SimXenstored, Xen9pd
+from tests.e2e.xen9pd_helpers import Guest, xen9pd_world
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("fv"))
-    xsd = SimXenstored(tmp)
-    xs = xsd.client()
-    d = Xen9pd(tmp, tmp)
-    good = Guest(xs, 2).attach(tmp)
-    good.connect(2)
-    yield tmp, xs, d, good
-    d.stop()
-    xs.close()
-    xsd.stop()
+    with xen9pd_world(tmp) as (xs, d):
+        good = Guest(xs, 2).attach(tmp)
+        good.connect(2)
+        yield tmp, xs, d, good
 
 
 CASES = [
