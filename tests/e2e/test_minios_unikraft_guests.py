@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -211,5 +212,35 @@ def test_minios_reinit_with_another_msize_is_a_real_reset(world):
             assert ei.value.errno != errno.EDOM  # an Rerror, never an Rlerror, in a .u session
             s.attach()  # a fresh attach works again
             assert s.stat(ROOT_FID).mode & c.DMDIR
+        finally:
+            s.close()
+
+
+def test_minios_threads_keep_many_tags_in_flight_on_its_one_ring(world):
+    """Mini-OS's threads each wait for their own tag; the worker answers them in any order on one ring."""
+    with Attached(world, 49, MiniOSFrontend) as g:
+        s = _minios_session(g.fe)
+        errors: list[str] = []
+
+        def worker(i: int) -> None:
+            try:
+                data = os.urandom(5000 + i)
+                for round_ in range(5):
+                    f = s.open(f"t{i}", c.ORDWR | c.OTRUNC, create=True)
+                    assert s.write(f, 0, data) == len(data)
+                    assert s.read(f, 0, len(data)) == data, f"t{i} round {round_}"
+                    s.clunk(f.fid)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"t{i}: {e!r}")
+
+        try:
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(DEADLINE)
+            assert not any(t.is_alive() for t in threads) and errors == []
+            assert sorted(os.listdir(g.export)) == sorted(f"t{i}" for i in range(16))
+            assert s.sent["Tcreate"] == 16 and s.sent["Topen"] == 16 * 4  # created once, then opened
         finally:
             s.close()
