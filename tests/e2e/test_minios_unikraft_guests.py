@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import threading
 
 import pytest
 
-from tests.e2e.real_guest import DEADLINE, World
+from tests.e2e.real_guest import DEADLINE, World, ring, wait_new_worker
 from tests.e2e.xen9pd_helpers import ROOT, env_for_children, wait_for
 from xen9p_common.client import P9Error
 from xen9p_common.p9 import constants as c
@@ -244,3 +245,79 @@ def test_minios_threads_keep_many_tags_in_flight_on_its_one_ring(world):
             assert s.sent["Tcreate"] == 16 and s.sent["Topen"] == 16 * 4  # created once, then opened
         finally:
             s.close()
+
+
+class Looping:
+    """Runs `one(n)` for n = 0, 1, ... in a thread until stopped; counts rounds, keeps failures."""
+
+    def __init__(self, one) -> None:
+        self.one, self.rounds, self.errors = one, 0, []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.one(self.rounds)
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.errors.append(f"round {self.rounds}: {e!r}")
+                return
+            self.rounds += 1
+
+    def wait_rounds(self, more: int, what: str) -> None:
+        target = self.rounds + more
+        wait_for(lambda: self.rounds >= target or self.errors or not self._t.is_alive(), DEADLINE, what)
+        assert not self.errors, self.errors
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(DEADLINE)
+        assert not self._t.is_alive() and not self.errors, self.errors
+
+
+def _kill_twice(world: World, name: str, load: Looping) -> None:
+    for _ in range(2):
+        old = ring(world.daemon, name)
+        os.kill(old["pid"], signal.SIGKILL)
+        wait_new_worker(world.daemon, name, old["pid"])
+        load.wait_rounds(3, f"the guest going on after {name} was killed")
+
+
+def test_minios_guest_does_not_notice_its_worker_being_killed(world):
+    """The crash-resume journal in a .u session: Tcreate, Tremove and the live-update Tversion never twice."""
+    with Attached(world, 50, MiniOSFrontend) as g:
+        box = {"s": _minios_session(g.fe)}
+
+        def one(n: int) -> None:
+            summary, box["s"] = minios(g.fe, box["s"], seed=n)
+            assert summary.errors == 0, summary.details
+
+        load = Looping(one)
+        try:
+            load.wait_rounds(2, "the Mini-OS workload under way")
+            _kill_twice(world, "dom50/dev0/ring0", load)
+        finally:
+            load.stop()
+            box["s"].close()
+        assert ring(world.daemon, "dom50/dev0/ring0")["exits"]["crash"] == 2
+        assert g.fe.live_updates == load.rounds and os.listdir(g.export) == []
+
+
+def test_unikraft_guest_does_not_notice_its_workers_being_killed(world):
+    with Attached(world, 51, UnikraftFrontend) as g:
+        client, root = unikraft_mount(g.fe)
+
+        def one(n: int) -> None:
+            summary = run_workload("unikraft", root, seed=n)
+            assert summary.errors == 0, summary.details
+
+        load = Looping(one)
+        try:
+            load.wait_rounds(2, "the Unikraft workload under way")
+            _kill_twice(world, "dom51/dev0/ring0", load)
+            _kill_twice(world, "dom51/dev0/ring1", load)
+        finally:
+            load.stop()
+            client.close()
+        assert os.listdir(g.export) == []
