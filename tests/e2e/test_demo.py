@@ -1,6 +1,6 @@
 """`xen9psim demo` as a test: exit 0, zero guest errors, and nothing left behind, also after Ctrl-C.
 
-The demo runs as a real process (it starts xenstored, xen9pd, ring workers and two guests itself).
+The demo runs as a real process (it starts xenstored, xen9pd, ring workers and its three guests itself).
 """
 from __future__ import annotations
 
