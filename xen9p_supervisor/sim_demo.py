@@ -30,7 +30,7 @@ SHM_DIR = "/dev/shm"
 
 
 class Demo:
-    """xenstored + xen9pd + two Linux-style guests and a Mini-OS-style one, end to end; leaves no process or shm segment behind."""
+    """xenstored + xen9pd + the DEMO_GUESTS, end to end; leaves no process or shm segment behind."""
 
     def __init__(self, args: argparse.Namespace, out=None) -> None:
         self.args = args

@@ -52,8 +52,8 @@ def report_table(rows: list[dict]) -> list[str]:
     lines = [f"\n{'guest':<6} {'kernel':<8} {'model':<13} {'workloads':<30} {'ops':>7} {'9P reqs':>8} {'MiB':>8} "
              f"{'MB/s':>7} {'errors':>6}"]
     for r in rows:
-        lines.append(f"{r['guest']:<6} {r['frontend']:<8} {r['model']:<13} {r['workloads']:<30} {r['ops']:>7} {r['requests']:>8} "
-                     f"{r['mib']:>8} {r['mb_per_s']:>7} {r['errors']:>6}")
+        lines.append(f"{r['guest']:<6} {r['frontend']:<8} {r['model']:<13} {r['workloads']:<30} {r['ops']:>7} "
+                     f"{r['requests']:>8} {r['mib']:>8} {r['mb_per_s']:>7} {r['errors']:>6}")
     for r in rows:
         for d in r["details"]:
             lines.append(f"  ! {r['guest']} {d}")

@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--frontend minios (comma-separated list)")
     p.set_defaults(fn=cmd_guest)
 
-    p = sub.add_parser("demo", parents=[common], help="xenstored + xen9pd + two Linux-style guests and a Mini-OS-style one")
+    p = sub.add_parser("demo", parents=[common],
+                       help="xenstored + xen9pd + two Linux-style guests and a Mini-OS-style one")
     p.add_argument("--scale", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")

@@ -8,7 +8,8 @@ import struct
 
 import pytest
 
-from tests.integration.test_sim_frontend import DOMID, MiniBackend, StandInServer, sim, start_backend  # noqa: F401 (sim: the fixture)
+from tests.integration.test_sim_frontend import sim  # noqa: F401 - the fixture
+from tests.integration.test_sim_frontend import DOMID, MiniBackend, StandInServer, start_backend
 from xen9p_common.client import P9Error
 from xen9p_common.p9 import messages as m
 from xen9p_common.platform.sim.frontend import FrontendError, SimFrontend, domain_socket
@@ -116,7 +117,7 @@ def test_minios_refuses_a_backend_that_goes_straight_to_closed(sim, backend):
     backend()
     with MiniOSFrontend(d, DOMID, "share") as fe:
         fe.connect()
-        with pytest.raises(FrontendError, match=r"backend went Closed while waiting for \['Closing'\]: Mini-OS's shutdown"):
+        with pytest.raises(FrontendError, match=r"went Closed while waiting for \['Closing'\]: Mini-OS's shutdown"):
             fe.disconnect()
         assert fe.closing_answer is XenbusState.Closed
         assert dom0.read(FE_DIR + "/state") == str(int(XenbusState.Closed))
