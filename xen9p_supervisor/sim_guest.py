@@ -1,9 +1,12 @@
 """A simulated guest for xen9psim: mount a tag over the sim frontend, run workloads, unmount, summarise.
 
+rounds=0 repeats the workloads until the process is stopped (the demo's --until-interrupted).
+
 run_guest() returns the summary dict (sim_report.guest_report prints it).
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Sequence
 
@@ -11,8 +14,10 @@ from xen9p_common.errors import Xen9pError
 
 
 def run_guest(sim_dir: str, domid: int, tag: str, workloads: Sequence[str], *, seed: int = 1, scale: int = 1,
-              msize: int | None = None, timeout: float = 10.0, progress=None, on_mounted=None) -> dict:
-    """Mount (handshake + Tversion + Tattach), run the workloads in turn, unmount; a summary dict."""
+              msize: int | None = None, timeout: float = 10.0, progress=None, on_mounted=None,
+              rounds: int = 1) -> dict:
+    """Mount (handshake + Tversion + Tattach), run the workloads in turn `rounds` times (0: forever), unmount;
+    a summary dict. Each round uses fresh seeds, so it works in fresh directories."""
     from xen9p_common.platform.sim.frontend import LINUX_DEFAULT_MSIZE, SimFrontend, mount
     from xen9p_common.platform.sim.workloads import Progress, run_workload
 
@@ -26,9 +31,11 @@ def run_guest(sim_dir: str, domid: int, tag: str, workloads: Sequence[str], *, s
         if on_mounted:
             on_mounted(out)
         try:
-            for i, name in enumerate(workloads):
-                s = run_workload(name, root, seed=seed + i, scale=scale, progress=progress)
-                out["workloads"].append(s.as_dict())
+            for r in (itertools.count() if rounds == 0 else range(rounds)):
+                for i, name in enumerate(workloads):
+                    s = run_workload(name, root, seed=seed + r * len(workloads) + i, scale=scale,
+                                     progress=progress)
+                    out["workloads"].append(s.as_dict())
         finally:
             out["requests"] = fe.transport.requests if fe.transport else 0
             try:
