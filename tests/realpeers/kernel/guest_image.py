@@ -58,15 +58,21 @@ def fetch_kernel(cache: Path, source: KernelSource, pkg: str) -> Path:
         if not bz:
             raise GuestBuildError(f"{found[-1].name} has no boot/vmlinuz-*")
         kver = bz[0].name[len("vmlinuz-"):]
-        moddir = root / "lib" / "modules" / kver
+        # Debian 13's kernels ship their modules under /usr/lib (merged /usr), Debian 12's under /lib.
+        moddir = next((d for d in (root / "usr/lib/modules" / kver, root / "lib/modules" / kver) if d.is_dir()), None)
+        if moddir is None:
+            raise GuestBuildError(f"{found[-1].name} has no lib/modules/{kver}")
+        order = module_load_order(moddir, ROOT_MODULES)
+        if not any(Path(rel).name.startswith("9p.ko") for rel in order):
+            raise GuestBuildError(f"{found[-1].name} has no 9p module under {moddir.relative_to(root)}")
         shutil.rmtree(kdir, ignore_errors=True)
         (kdir / "modules").mkdir(parents=True)
         shutil.copy2(bz[0], kdir / "vmlinuz")
-        for rel in module_load_order(moddir, ROOT_MODULES):
+        for rel in order:
             dst = kdir / "modules" / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(moddir / rel, dst)
-        (kdir / "modules.order").write_text("\n".join(module_load_order(moddir, ROOT_MODULES)) + "\n")
+        (kdir / "modules.order").write_text("\n".join(order) + "\n")
         (kdir / "version").write_text(kver + "\n")
     vmlinux = extract_vmlinux((kdir / "vmlinuz").read_bytes())
     if vmlinux is not None:
