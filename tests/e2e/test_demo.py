@@ -92,36 +92,62 @@ def test_demo_runs_clean(pieces):
     _assert_nothing_left(_sim_dir(out), out)
 
 
+def _under_way(proc: subprocess.Popen) -> str:
+    """The demo's output up to its "guests under way" line, checked: both guests mounted, each past
+    UNDER_WAY_OPS operations and still running (with --until-interrupted they never finish on their own)."""
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "guests under way:" in line:
+            break
+    text = "".join(lines)
+    assert "guests under way:" in text, text
+    assert sum("mounted" in ln for ln in lines) == 2, text
+    ops = [int(n) for n in re.findall(r"dom\d+ (\d+) ops", text.split("guests under way:")[1])]
+    assert len(ops) == 2 and min(ops) >= UNDER_WAY_OPS, text
+    guests = [p for p in procs_with(_sim_dir(text)) if "guest" in p.cmdline()]
+    assert len(guests) == 2, "both guests should still be working"
+    return text
+
+
 @pytest.mark.slow
 def test_demo_ctrl_c_leaves_nothing_behind(pieces):
-    # --until-interrupted: the guests never finish on their own, so the interrupt lands on work in progress
-    # however fast the machine is; the demo says when every guest has done UNDER_WAY_OPS operations.
+    # The interrupt lands on work in progress however fast the machine is: the guests never finish.
     proc = _demo("--until-interrupted", "--timeout", "240")
-    lines: list[str] = []
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "guests under way:" in line:
-                break
-        text = "".join(lines)
-        assert "guests under way:" in text, text
-        assert sum("mounted" in ln for ln in lines) == 2, text
-        ops = [int(n) for n in re.findall(r"dom\d+ (\d+) ops", text.split("guests under way:")[1])]
-        assert len(ops) == 2 and min(ops) >= UNDER_WAY_OPS, text
-        sim_dir = _sim_dir(text)
-        guests = [p for p in procs_with(sim_dir) if "guest" in p.cmdline()]
-        assert len(guests) == 2, "both guests should still be working"
+        before = _under_way(proc)
+        sim_dir = _sim_dir(before)
         os.kill(proc.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C (to the demo only)
         out, _ = proc.communicate(timeout=120)
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
-    text = "".join(lines) + out
+    text = before + out
     assert proc.returncode == 130, text
     assert "interrupted" in text
     wait_for(lambda: not procs_with(sim_dir), 10, "every demo process gone")
     _assert_nothing_left(sim_dir, text)
+
+
+@pytest.mark.slow
+def test_demo_killed_hard_leaves_no_process(pieces):
+    """SIGKILL gives the demo no chance to clean up: its children (xenstored, xen9pd, the never-ending
+    guests) get SIGTERM from the kernel as their parent dies, and xen9pd frees its device state."""
+    proc = _demo("--until-interrupted", "--timeout", "240")
+    try:
+        text = _under_way(proc)
+        sim_dir = _sim_dir(text)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    try:
+        wait_for(lambda: not procs_with(sim_dir), 60, "every process of the SIGKILLed demo gone")
+        assert _device_segments(text) == set()
+    finally:
+        for p in procs_with(sim_dir):
+            p.kill()
+        shutil.rmtree(sim_dir, ignore_errors=True)
 
 
 def _run(*argv: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
