@@ -51,9 +51,18 @@ def _device_segments(output: str) -> set[str]:
 
 
 def _demo(*extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "xen9p_supervisor.xen9psim", "demo", "--no-progress", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env=env_for_children(), start_new_session=True)
+    # Started as from a terminal: a run launched in the background by a non-interactive shell (`.ci/run &`)
+    # ignores SIGINT, and an ignored disposition is inherited across exec, so the demo would never see Ctrl-C.
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "xen9p_supervisor.xen9psim", "demo", "--no-progress", *extra],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                env=env_for_children(), start_new_session=True)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _sim_dir(output: str) -> str:

@@ -38,16 +38,18 @@ def kernel_run(tmp_path_factory):
             pytest.skip(image)
         key = (kernel.name, server)
         if key not in runs:
-            runs[key] = RuntimeError(f"the {kernel.name}/{server} run raised an error (see its first test)")
-            run = run_against(server, plan_for(kernel, PLAN), tmp_path_factory.mktemp(f"kernel-{kernel.name}-{server}"),
-                              image=image)
+            try:
+                run = run_against(server, plan_for(kernel, PLAN),
+                                  tmp_path_factory.mktemp(f"kernel-{kernel.name}-{server}"), image=image)
+            except Exception as e:  # every check of this run fails with it, once per test, in one line
+                run = e
             runs[key] = run
-            if not isinstance(run, str):
+            if isinstance(run, KernelRun):
                 # Printed so diod's and xen9p's results sit side by side in the CI log (pytest -s or -rA).
                 print("\n" + run.summary())
         run = runs[key]
         if isinstance(run, Exception):
-            pytest.fail(str(run))
+            pytest.fail(f"the {kernel.name}/{server} run failed: {type(run).__name__}: {run}", pytrace=False)
         if isinstance(run, str):
             pytest.skip(run)
         return run
