@@ -38,17 +38,20 @@ def group_members(pgid: int) -> list[int]:
 
 
 class Child:
-    """A process we started in its own process group (so Ctrl-C in the terminal does not reach it)."""
+    """A process we started in its own process group (so Ctrl-C in the terminal does not reach it), which gets
+    SIGTERM if we die without cleaning up (SIGKILL): a demo's never-ending guests must not outlive it."""
 
     def __init__(self, name: str, argv: list[str], log_path: str, *, pipe_stdout: bool = False) -> None:
         import subprocess
+
+        from xen9p_common.procs import die_with_parent
         self.name = name
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE if pipe_stdout else self._log,
                                      stderr=self._log, env=child_env(), cwd=repo_root(),
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         self.pgid = self.proc.pid
 
     @property
@@ -98,11 +101,11 @@ class GuestProc(Child):
     """`xen9psim guest ... --progress` as a process; a thread reads its JSON lines."""
 
     def __init__(self, sim_dir: str, domid: int, model: str, workloads: str, seed: int, scale: int,
-                 frontend: str = "linux") -> None:
+                 frontend: str = "linux", rounds: int = 1) -> None:
         import sys as _sys
         argv = [_sys.executable, "-m", "xen9p_supervisor.xen9psim", "--sim-dir", sim_dir, "guest",
                 "--domid", str(domid), "--tag", DEMO_TAG, "--seed", str(seed), "--scale", str(scale),
-                "--frontend", frontend, "--progress", "run", workloads]
+                "--frontend", frontend, "--rounds", str(rounds), "--progress", "run", workloads]
         super().__init__(f"dom{domid}", argv, os.path.join(sim_dir, f"guest{domid}.log"), pipe_stdout=True)
         self.domid, self.model, self.workloads, self.frontend = domid, model, workloads, frontend
         self.mounted: dict | None = None

@@ -1,6 +1,9 @@
 """`xen9psim demo`: xenstored + xen9pd + two Linux-style guests and a Mini-OS-style one, with a final report.
 
 The cleanup proves that no process or shared-memory segment is left behind (else the demo fails).
+With --until-interrupted the guests repeat their workloads until Ctrl-C, and the demo prints one
+"guests under way" line once each has done UNDER_WAY_OPS operations: a point where an interrupt
+provably lands on work in progress.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ DEMO_GUESTS = (
 # a kexec live update half-way through its workload).
 DEMO_FRONTENDS = {3: "minios"}
 SHM_DIR = "/dev/shm"
-
+# --until-interrupted: the demo says its guests are under way once each has done this many operations.
+UNDER_WAY_OPS = 100
 
 
 class Demo:
@@ -164,7 +168,8 @@ class Demo:
             t0 = time.monotonic()
             for i, (domid, model, workloads) in enumerate(DEMO_GUESTS):
                 g = GuestProc(self.sim_dir, domid, model, workloads, self.args.seed + 100 * i, self.args.scale,
-                              frontend=DEMO_FRONTENDS.get(domid, "linux"))
+                              frontend=DEMO_FRONTENDS.get(domid, "linux"),
+                              rounds=0 if self.args.until_interrupted else 1)
                 self.children.append(g)
                 self.guests.append(g)
             self._deadline_wait(lambda: all(g.mounted or g.finished() for g in self.guests), 30,
@@ -199,10 +204,15 @@ class Demo:
         tty = self.out.isatty() and not self.args.no_progress
         last = 0.0
         deadline = t0 + self.args.timeout
+        under_way = not self.args.until_interrupted  # said already (or nothing to say)
         while not all(g.finished() for g in self.guests):
             now = time.monotonic()
             if now >= deadline:
                 raise Xen9pError(f"guests still running after {self.args.timeout} s")
+            if not under_way and all(g.progress["ops"] >= UNDER_WAY_OPS and g.alive() for g in self.guests):
+                under_way = True
+                ops = ", ".join(f"dom{g.domid} {g.progress['ops']} ops" for g in self.guests)
+                self.say(("\n" if tty else "") + f"  guests under way: {ops}; they keep going until Ctrl-C")
             if tty:
                 self.out.write("\r" + progress_line(self.guests, t0)[:200].ljust(120))
                 self.out.flush()

@@ -4,6 +4,7 @@ run_guest() returns the summary dict (sim_report.guest_report prints it).
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Sequence
 
@@ -16,8 +17,9 @@ MINIOS_WORKLOADS = ("minios",)  # a Mini-OS guest speaks 9P2000.u: only its own 
 
 def run_guest(sim_dir: str, domid: int, tag: str, workloads: Sequence[str], *, seed: int = 1, scale: int = 1,
               msize: int | None = None, timeout: float = 10.0, progress=None, on_mounted=None,
-              frontend: str = "linux") -> dict:
-    """Mount (handshake + Tversion + Tattach), run the workloads in turn, unmount; a summary dict.
+              frontend: str = "linux", rounds: int = 1) -> dict:
+    """Mount (handshake + Tversion + Tattach), run the workloads in turn `rounds` times (0: forever), unmount;
+    a summary dict. Each round uses fresh seeds, so it works in fresh directories.
 
     `frontend` picks the guest kernel: Linux's trans_xen, Mini-OS's 9pfront (9P2000.u, one ring, a live
     update in its workload) or Unikraft's 9pfront (msize = the whole ring).
@@ -29,9 +31,10 @@ def run_guest(sim_dir: str, domid: int, tag: str, workloads: Sequence[str], *, s
                  "seconds": 0.0, "errors": 0, "requests": 0}
     t0 = time.monotonic()
     if frontend == "minios":
-        _run_minios(sim_dir, domid, tag, workloads, seed, scale, timeout, progress, on_mounted, out)
+        _run_minios(sim_dir, domid, tag, workloads, seed, scale, timeout, progress, on_mounted, out, rounds)
     else:
-        _run_dotl(sim_dir, domid, tag, workloads, seed, scale, msize, timeout, progress, on_mounted, out, frontend)
+        _run_dotl(sim_dir, domid, tag, workloads, seed, scale, msize, timeout, progress, on_mounted, out, frontend,
+                  rounds)
     out["seconds"] = round(time.monotonic() - t0, 3)
     for w in out["workloads"]:
         out["ops"] += w["ops"]
@@ -42,8 +45,13 @@ def run_guest(sim_dir: str, domid: int, tag: str, workloads: Sequence[str], *, s
     return out
 
 
+def _rounds(rounds: int):
+    """Round numbers: `rounds` of them, or without end for 0."""
+    return itertools.count() if rounds == 0 else range(rounds)
+
+
 def _run_dotl(sim_dir, domid, tag, workloads, seed, scale, msize, timeout, progress, on_mounted, out,
-              frontend) -> None:
+              frontend, rounds) -> None:
     from xen9p_common.platform.sim.frontend import LINUX_DEFAULT_MSIZE, SimFrontend, mount
     from xen9p_common.platform.sim.frontend_unikraft import UnikraftFrontend, unikraft_mount
     from xen9p_common.platform.sim.workloads import run_workload
@@ -59,9 +67,11 @@ def _run_dotl(sim_dir, domid, tag, workloads, seed, scale, msize, timeout, progr
         if on_mounted:
             on_mounted(out)
         try:
-            for i, name in enumerate(workloads):
-                s = run_workload(name, root, seed=seed + i, scale=scale, progress=progress)
-                out["workloads"].append(s.as_dict())
+            for r in _rounds(rounds):
+                for i, name in enumerate(workloads):
+                    s = run_workload(name, root, seed=seed + r * len(workloads) + i, scale=scale,
+                                     progress=progress)
+                    out["workloads"].append(s.as_dict())
         finally:
             out["requests"] = fe.transport.requests if fe.transport else 0
             try:
@@ -71,7 +81,7 @@ def _run_dotl(sim_dir, domid, tag, workloads, seed, scale, msize, timeout, progr
             client.close()
 
 
-def _run_minios(sim_dir, domid, tag, workloads, seed, scale, timeout, progress, on_mounted, out) -> None:
+def _run_minios(sim_dir, domid, tag, workloads, seed, scale, timeout, progress, on_mounted, out, rounds) -> None:
     from xen9p_common.platform.sim.frontend_minios import MiniOSFrontend
     from xen9p_common.platform.sim.minios_session import VERSION, MiniOSSession
     from xen9p_common.platform.sim.workloads_minios import minios
@@ -86,9 +96,11 @@ def _run_minios(sim_dir, domid, tag, workloads, seed, scale, timeout, progress, 
                        version=VERSION)
             if on_mounted:
                 on_mounted(out)
-            for i, _ in enumerate(workloads):
-                s, session = minios(fe, session, seed=seed + i, scale=scale, progress=progress)
-                out["workloads"].append(s.as_dict())
+            for r in _rounds(rounds):
+                for i, _ in enumerate(workloads):
+                    s, session = minios(fe, session, seed=seed + r * len(workloads) + i, scale=scale,
+                                        progress=progress)
+                    out["workloads"].append(s.as_dict())
             out["live_updates"] = fe.live_updates
         finally:
             out["requests"] = fe.transport.requests if fe.transport else 0

@@ -4,7 +4,6 @@ A Ring is one worker slot of one device; it owns at most one live process at a t
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -17,26 +16,15 @@ from typing import Callable, Sequence
 from xen9p_common import control
 from xen9p_common.control import RingSpec
 from xen9p_common.errors import Xen9pError
+from xen9p_common.procs import die_with_parent
 
 from .restart import ExitCause, Restarter, RestartPolicy, RunState
 
 log = logging.getLogger("xen9pd")
 
-_PR_SET_PDEATHSIG = 1
-
 
 class SpawnError(Xen9pError):
     """A worker process could not be started at all."""
-
-
-def _libc_prctl() -> Callable | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl()
 
 
 class CpuAllocator:
@@ -86,8 +74,7 @@ class Launcher:
 
         def in_child() -> None:
             # Runs between fork and exec: only async-signal-safe-ish syscalls, no logging, no locks.
-            if _PRCTL is not None:
-                _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)  # no orphans if xen9pd dies hard
+            die_with_parent(signal.SIGTERM)  # no orphans if xen9pd dies hard
             if cpu is not None:
                 os.sched_setaffinity(0, (cpu,))
 

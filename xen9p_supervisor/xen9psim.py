@@ -113,7 +113,7 @@ def cmd_guest(args: argparse.Namespace) -> int:
     try:
         summary = run_guest(sim_dir, args.domid, args.tag, names, seed=args.seed, scale=args.scale,
                             msize=args.msize, timeout=args.timeout, progress=progress, on_mounted=mounted,
-                            frontend=args.frontend)
+                            frontend=args.frontend, rounds=args.rounds)
     finally:
         stop.set()
         if reporter:
@@ -132,6 +132,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # -- argument parsing -----------------------------------------------------------------
+
+def _rounds(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (until stopped) or more, not {n}")
+    return n
+
 
 def build_parser() -> argparse.ArgumentParser:
     sim_help = "directory of the simulated Xen (default: $XEN9P_SIM_DIR; demo: a fresh temp dir)"
@@ -180,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="handshake timeout, seconds")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale", type=int, default=1, help="multiply each workload's size")
+    p.add_argument("--rounds", type=_rounds, default=1,
+                   help="run the workload list this many times; 0: until stopped (default 1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--progress", action="store_true", help="JSON lines: mounted, progress, summary")
     p.add_argument("action", choices=("run",))
@@ -195,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the sim dir (and its logs) afterwards")
     p.add_argument("--json", action="store_true", help="print the final report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.add_argument("--until-interrupted", action="store_true",
+                   help="guests repeat their workloads until Ctrl-C (--timeout still ends it, as a failure)")
     p.set_defaults(fn=cmd_demo)
     return ap
 

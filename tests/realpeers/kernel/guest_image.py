@@ -1,32 +1,30 @@
-"""Builds the kernel-client test guest: Debian's kernel and a busybox initramfs with 9p modules.
-Everything lands in a cache keyed by kernel version and a hash of the guest's inputs."""
+"""Builds the kernel-client test guest: a Debian kernel (kernel_sources says which, from which suite) and a
+busybox initramfs with 9p modules. Everything lands in a cache keyed by kernel version and a hash of the
+guest's inputs."""
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import lzma
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from xen9p_common.errors import Xen9pError
+from .kernel_sources import GuestBuildError, KernelSource, SuiteApt, kernel_package, run_tool
 
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 GUEST_FILES = ("init", "lib.sh", "posix.sh", "posix_u.sh", "suites.sh")
 # Top of the dependency graph; moddeps pulls in 9pnet, netfs, virtio_ring... in order.
 ROOT_MODULES = ("virtio_pci", "virtio_console", "9pnet_fd", "9pnet_virtio", "9p")
 TEST_UIDS = (65531, 65532, 65533)
-KERNEL_PKG_RE = re.compile(r"linux-image-6\.1\.0-\d+-amd64")
 ELF_MAGIC = b"\x7fELF"
-
-
-class GuestBuildError(Xen9pError):
-    """The guest kernel or initramfs could not be obtained or built; `reason` is one line."""
 
 
 @dataclass(frozen=True)
@@ -40,34 +38,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XEN9P_CACHE") or "/var/tmp/xen9p-cache")
 
 
-def _run(cmd: list[str], timeout: float, cwd: Path | None = None) -> str:
-    try:
-        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise GuestBuildError(f"{cmd[0]} failed: {e}") from e
-    if out.returncode != 0:
-        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
-        raise GuestBuildError(f"{' '.join(cmd[:3])} exited {out.returncode}: {tail[0]}")
-    return out.stdout
-
-
-def kernel_package(cache: Path) -> str:
-    """The linux-image-6.1.0-N-amd64 that linux-image-amd64 points at; a cached one if apt cannot say."""
-    try:
-        text = _run(["apt-cache", "depends", "linux-image-amd64"], timeout=60)
-        m = KERNEL_PKG_RE.search(text)
-        if m:
-            return m.group(0)
-    except GuestBuildError:
-        pass
-    cached = sorted(p.name for p in (cache / "kernel").glob("linux-image-6.1.0-*-amd64") if p.is_dir())
-    if cached:
-        return cached[-1]
-    raise GuestBuildError("no linux-image-6.1.0-*-amd64 package known to apt and none cached")
-
-
-def fetch_kernel(cache: Path, pkg: str) -> Path:
-    """Unpack only the bzImage and modules the guest needs; the deb is never installed."""
+def fetch_kernel(cache: Path, source: KernelSource, pkg: str) -> Path:
+    """Unpack only the bzImage and modules the guest needs; the deb (from source's suite) is never installed."""
     kdir = cache / "kernel" / pkg
     if (kdir / "ready").exists():
         return kdir
@@ -75,26 +47,32 @@ def fetch_kernel(cache: Path, pkg: str) -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{pkg}_*.deb"))
     if not found:
-        _run(["apt-get", "download", pkg], timeout=600, cwd=debs)
+        SuiteApt(source, cache).download(pkg, debs)
         found = sorted(debs.glob(f"{pkg}_*.deb"))
         if not found:
             raise GuestBuildError(f"apt-get download {pkg} produced no .deb")
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        _run(["dpkg-deb", "-x", str(found[-1]), tmp], timeout=600)
+        run_tool("dpkg-deb -x", ["dpkg-deb", "-x", str(found[-1]), tmp], timeout=600)
         root = Path(tmp)
         bz = sorted(root.glob("boot/vmlinuz-*"))
         if not bz:
             raise GuestBuildError(f"{found[-1].name} has no boot/vmlinuz-*")
         kver = bz[0].name[len("vmlinuz-"):]
-        moddir = root / "lib" / "modules" / kver
+        # Debian 13's kernels ship their modules under /usr/lib (merged /usr), Debian 12's under /lib.
+        moddir = next((d for d in (root / "usr/lib/modules" / kver, root / "lib/modules" / kver) if d.is_dir()), None)
+        if moddir is None:
+            raise GuestBuildError(f"{found[-1].name} has no lib/modules/{kver}")
+        order = module_load_order(moddir, ROOT_MODULES)
+        if not any(Path(rel).name.startswith("9p.ko") for rel in order):
+            raise GuestBuildError(f"{found[-1].name} has no 9p module under {moddir.relative_to(root)}")
         shutil.rmtree(kdir, ignore_errors=True)
         (kdir / "modules").mkdir(parents=True)
         shutil.copy2(bz[0], kdir / "vmlinuz")
-        for rel in module_load_order(moddir, ROOT_MODULES):
+        for rel in order:
             dst = kdir / "modules" / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(moddir / rel, dst)
-        (kdir / "modules.order").write_text("\n".join(module_load_order(moddir, ROOT_MODULES)) + "\n")
+        (kdir / "modules.order").write_text("\n".join(order) + "\n")
         (kdir / "version").write_text(kver + "\n")
     vmlinux = extract_vmlinux((kdir / "vmlinuz").read_bytes())
     if vmlinux is not None:
@@ -103,11 +81,33 @@ def fetch_kernel(cache: Path, pkg: str) -> Path:
     return kdir
 
 
+def _unzstd(data: bytes) -> bytes:
+    # No zstd in Python's stdlib before 3.14: Debian's zstd tool, which stops with an error at the bzImage's
+    # trailing bytes after writing the whole frame (so its exit code says nothing; the ELF check below does).
+    if shutil.which("zstd") is None:
+        return b""
+    try:
+        return subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, timeout=120, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return b""
+
+
+def _whole_elf(data: bytes) -> bool:
+    """An ELF64 image long enough to hold its own section header table (not cut short)."""
+    if not data.startswith(ELF_MAGIC) or len(data) < 64:
+        return False
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    return shoff + shentsize * shnum <= len(data)
+
+
 def extract_vmlinux(bzimage: bytes) -> bytes | None:
-    """The ELF kernel inside a bzImage; QEMU PVH-boots it and skips in-guest decompression."""
+    """The ELF kernel inside a bzImage; QEMU PVH-boots it and skips in-guest decompression.
+    Debian 12's kernels are xz-compressed, Debian 13's zstd-compressed."""
     decoders = (
         (b"\xfd7zXZ\x00", lambda b: lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(b)),
         (b"\x1f\x8b\x08", lambda b: zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(b)),
+        (b"\x28\xb5\x2f\xfd", _unzstd),
     )
     for magic, decode in decoders:
         at = bzimage.find(magic)
@@ -116,7 +116,7 @@ def extract_vmlinux(bzimage: bytes) -> bytes | None:
                 out = decode(bzimage[at:])
             except (lzma.LZMAError, zlib.error, EOFError):
                 out = b""
-            if out.startswith(ELF_MAGIC):
+            if _whole_elf(out):
                 return out
             at = bzimage.find(magic, at + 1)
     return None
@@ -243,13 +243,14 @@ def run_overlay(run_conf: dict[str, str]) -> bytes:
     return gzip.compress(newc_archive([("run.conf", FILE, ("\n".join(lines) + "\n").encode())]), compresslevel=1)
 
 
-def build_guest(cache: Path | None = None) -> GuestImage:
+def build_guest(source: KernelSource, cache: Path | None = None) -> GuestImage:
     """Kernel + base initramfs, from the cache when the kernel version and guest inputs match."""
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     busybox = _busybox()
-    pkg = kernel_package(cache)
-    kdir = fetch_kernel(cache, pkg)
+    with open(cache / f"{source.name}.lock", "w") as lock:  # another test run may be fetching the same kernel
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kdir = fetch_kernel(cache, source, kernel_package(source, cache))
     kver = (kdir / "version").read_text().strip()
     initrd = cache / "initramfs" / f"{kver}-{inputs_hash(busybox)}.cpio.gz"
     if not initrd.exists():

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .catalog import SuitePlan, PLANS, selected_plan
 from .console import ConsoleReport, parse_console
-from .guest_image import GuestImage, build_guest
+from .guest_image import GuestBuildError, GuestImage, build_guest
+from .kernel_sources import KERNELS, plan_for
 from .qemu_boot import BootResult, boot_guest
 from .servers import SERVER_SPECS, start_server
 
@@ -27,6 +28,7 @@ class KernelRun:
     timings: dict[str, float] = field(default_factory=dict)
     server_log: Path | None = None
     server_rc: int | None = None
+    kernel_version: str = ""
 
     def missing(self) -> list[str]:
         return [c for c in self.plan.expected_checks() if c not in self.report.results]
@@ -41,7 +43,7 @@ class KernelRun:
 
     def summary(self) -> str:
         c = self.report.counts()
-        head = (f"kernel-client[{self.server}/{self.plan.level}]: pass={c['PASS']} fail={c['FAIL']} "
+        head = (f"kernel-client[{self.server}/{self.plan.level} on {self.kernel_version}]: pass={c['PASS']} fail={c['FAIL']} "
                 f"skip={c['SKIP']} missing={len(self.missing())} timed_out={self.boot.timed_out} "
                 f"wall={self.boot.wall_s:.1f}s log={self.boot.log_path}")
         lines = [head, "  timings: " + " ".join(f"{k}={v}s" for k, v in self.timings.items())]
@@ -64,13 +66,12 @@ def _timings(report: ConsoleReport, boot: BootResult, server_start_s: float) -> 
     return out
 
 
-def run_against(server: str, plan: SuitePlan, workdir: Path, image: GuestImage | None = None,
+def run_against(server: str, plan: SuitePlan, workdir: Path, image: GuestImage,
                 timeout_s: float | None = None) -> KernelRun | str:
     """The collected run, or a one-line reason why this server cannot be run here."""
     spec = SERVER_SPECS[server](workdir)
     if isinstance(spec, str):
         return spec
-    image = image or build_guest()
     t0 = time.monotonic()
     running = start_server(spec)
     server_start_s = time.monotonic() - t0
@@ -84,7 +85,8 @@ def run_against(server: str, plan: SuitePlan, workdir: Path, image: GuestImage |
         rc = running.stop()
     report = parse_console(boot.lines)
     return KernelRun(server=server, plan=plan, report=report, boot=boot,
-                     timings=_timings(report, boot, server_start_s), server_log=spec.log_path, server_rc=rc)
+                     timings=_timings(report, boot, server_start_s), server_log=spec.log_path, server_rc=rc,
+                     kernel_version=image.kernel_version)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,19 +94,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server", choices=sorted(SERVER_SPECS), default="diod")
     ap.add_argument("--suite", choices=sorted(PLANS), default=None,
                     help="default: $XEN9P_KERNEL_SUITE or smoke")
+    ap.add_argument("--kernel", choices=[k.name for k in KERNELS], default=KERNELS[0].name,
+                    help="which Debian kernel the guest boots (default: %(default)s)")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a fresh temporary directory")
     ap.add_argument("--timeout", type=float, default=None, help="QEMU wall-clock limit in seconds")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
-    plan = PLANS[args.suite] if args.suite else selected_plan()
+    kernel = next(k for k in KERNELS if k.name == args.kernel)
+    plan = plan_for(kernel, PLANS[args.suite] if args.suite else selected_plan())
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="xen9p-kernel-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    run = run_against(args.server, plan, workdir, timeout_s=args.timeout)
+    try:
+        image = build_guest(kernel)
+    except GuestBuildError as e:
+        print(f"cannot build the {kernel.name} guest: {e}", file=sys.stderr)
+        return 69
+    run = run_against(args.server, plan, workdir, image, timeout_s=args.timeout)
     if isinstance(run, str):
         print(f"cannot run {args.server}: {run}", file=sys.stderr)
         return 69
     if args.json:
-        print(json.dumps({"server": run.server, "suite": plan.level, "timings": run.timings,
+        print(json.dumps({"server": run.server, "suite": plan.level, "kernel": run.kernel_version, "timings": run.timings,
                           "results": {n: [r.status, r.detail] for n, r in run.report.results.items()},
                           "missing": run.missing(), "log": str(run.boot.log_path)}, indent=2))
     else:

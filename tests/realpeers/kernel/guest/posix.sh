@@ -109,17 +109,18 @@ chk posix.bigdir_lookup "[ \"\$(cat big.d/entry-with-a-rather-long-name-to-fill-
 chk posix.bigdir_rm "rm -r big.d && [ ! -e big.d ]"
 phase bigdir_done "n=$BIGDIR_N $(elapsed $t)s"
 
-# --- xattrs: busybox has no setfattr, so Debian's attr tools run from the host root
+# --- xattrs: busybox has no setfattr, so Debian's attr tools run from the host root, named by path:
+# Debian 13's busybox has a getfattr applet (no --only-values) that its chroot prefers to a bare name
 phase xattr
 XP=${W#/sysroot}
 if [ "$HAVE_SYSROOT" = 1 ] && [ -x /sysroot/usr/bin/setfattr ]; then
     export XP
     echo x > xf
-    chk posix.xattr_set_get "chroot /sysroot setfattr -n user.xen9p -v hello \$XP/xf &&
-        [ \"\$(chroot /sysroot getfattr --only-values -n user.xen9p \$XP/xf)\" = hello ]"
-    chk posix.xattr_list "chroot /sysroot setfattr -n user.second -v 2 \$XP/xf &&
-        chroot /sysroot getfattr -d \$XP/xf | grep -q user.second && chroot /sysroot getfattr -d \$XP/xf | grep -q user.xen9p"
-    chk posix.xattr_remove "chroot /sysroot setfattr -x user.xen9p \$XP/xf && ! chroot /sysroot getfattr -n user.xen9p \$XP/xf"
+    chk posix.xattr_set_get "chroot /sysroot /usr/bin/setfattr -n user.xen9p -v hello \$XP/xf &&
+        [ \"\$(chroot /sysroot /usr/bin/getfattr --only-values -n user.xen9p \$XP/xf)\" = hello ]"
+    chk posix.xattr_list "chroot /sysroot /usr/bin/setfattr -n user.second -v 2 \$XP/xf &&
+        chroot /sysroot /usr/bin/getfattr -d \$XP/xf | grep -q user.second && chroot /sysroot /usr/bin/getfattr -d \$XP/xf | grep -q user.xen9p"
+    chk posix.xattr_remove "chroot /sysroot /usr/bin/setfattr -x user.xen9p \$XP/xf && ! chroot /sysroot /usr/bin/getfattr -n user.xen9p \$XP/xf"
 else
     for n in xattr_set_get xattr_list xattr_remove; do
         result SKIP posix.$n "no setfattr: host root not mounted in the guest or attr not installed"
