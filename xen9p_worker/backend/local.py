@@ -46,12 +46,12 @@ def host_open_flags(lflags: int, create: bool = False) -> int:
 class LocalBackend:
     """One export directory served under one security model."""
 
-    def __init__(self, export: str, model="passthrough") -> None:
+    def __init__(self, export: str, model="passthrough", qid_store=None) -> None:
         self.model = make_model(model) if isinstance(model, str) else model
         self.root_fd = os.open(export, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(self.root_fd)
         self.root_dev = st.st_dev
-        self.qidmap = QidPathMap(st.st_dev)
+        self.qidmap = QidPathMap(st.st_dev, qid_store)  # None: numbered in this process
         try:
             self.blksize = os.statvfs(H.proc(self.root_fd)).f_bsize or 4096
         except OSError:
