@@ -294,7 +294,7 @@ class Device:
             return
         cfg = self.ctx.cfg
         specs = [RingSpec(self.domid, self.devid, i, self.refs[i], self.ports[i], self.state_name, self.export,
-                          self.security_model, cfg.workers) for i in range(self.num_rings)]
+                          self.security_model, cfg.workers, self.adv_max_order) for i in range(self.num_rings)]
         policy = RestartPolicy(cfg.startsecs, cfg.startretries, cfg.backoff_initial, cfg.backoff_max)
         self.rings = RingSet(specs, launcher=self.ctx.launcher, cpus=self.ctx.cpus, policy=policy,
                              heartbeat_timeout=cfg.heartbeat_timeout, ready_timeout=cfg.ready_timeout,
