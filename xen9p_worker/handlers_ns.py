@@ -11,7 +11,7 @@ from xen9p_common.p9 import messages as M
 from xen9p_common.p9 import constants as C
 
 from .backend.local import join
-from .fidfds import any_slot, fs, path_entry, path_slot, release
+from .fidfds import any_slot, fs, path_entry, path_slot, pin_open_files, release
 from .fids import FID_PATH, FID_XATTR_READ, FID_XATTR_WRITE, FidEntry
 from .hostlocks import open_for_locks
 from .locks import INF
@@ -80,6 +80,7 @@ def t_link(s, m, req):
 
 
 def _rename(s, odirfd, odir: bytes, oname: bytes, ndirfd, ndir: bytes, nname: bytes) -> None:
+    pin_open_files(s, join(ndir, nname))  # a file renamed over loses its name
     s.backend.rename(odirfd, oname, ndirfd, nname)
     s.fids.rename_subtree(join(odir, oname), join(ndir, nname))
 
@@ -109,7 +110,11 @@ def t_renameat(s, m, req):
 def t_unlinkat(s, m, req):
     name = fs(m.name)
     isdir = bool(m.flags & C.AT_REMOVEDIR)
-    _in_dir(s, m.dirfid, lambda dirfd, e: s.backend.unlink(dirfd, name, isdir))
+    def go(dirfd, e):
+        if not isdir:
+            pin_open_files(s, join(e.path, name))
+        s.backend.unlink(dirfd, name, isdir)
+    _in_dir(s, m.dirfid, go)
     return M.Runlinkat(m.tag)
 
 
@@ -126,6 +131,8 @@ def t_remove(s, m, req):
         head, _, name = e.path.rpartition(b"/")
         pfd = s.backend.walk(head)
         try:
+            if not isdir:
+                pin_open_files(s, e.path)
             s.backend.unlink(pfd, name, isdir)
         finally:
             os.close(pfd)

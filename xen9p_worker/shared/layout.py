@@ -41,6 +41,7 @@ H_LOCK_GEN = 392       # u64 bumped by every change (waiters in other processes 
 H_QID_SEQ = 400        # u64 word of the qid numbering mutex (never odd: entries are written whole)
 H_QID_DEVS = 408       # u32 st_dev entries (prefixes) in the qid section
 H_QID_OVERFLOW = 412   # u32 (st_dev, ino) entries of the qid overflow map
+H_FDS_RECLAIMED = 416  # u8: some worker closed an open fid's fd under fd pressure (fdcache)
 H_COUNTERS = 512       # 64 x u64 device counters
 N_COUNTERS = 64
 H_EXPORT = 4096        # u16 len + up to 4094 bytes
