@@ -112,6 +112,7 @@ class DeviceState:
         self.max_space_mb = L.U64.unpack_from(self.buf, L.H_MAX_SPACE_MB)[0]
         self.max_files = u32(L.H_MAX_FILES)
         self.auto_delete = bool(self.buf[L.H_AUTO_DELETE])
+        self.readonly = bool(self.buf[L.H_READONLY])
         self.security_model = L.get_str(self.buf, L.H_SECURITY).decode()
         self.export = os.fsdecode(L.get_str(self.buf, L.H_EXPORT, wide=True))
         self.fids = ShmFidTable(self.buf, self.layout, None)  # type: ignore[arg-type]
@@ -130,7 +131,7 @@ class DeviceState:
     def create(cls, name: str, *, max_fids: int, max_open_files: int, max_space_mb: int,
                export: str, security_model: str, msize_cap: int, num_rings: int,
                xattr_slots: int = 16, lock_slots: int = 1024, journal_slots: int = 256,
-               max_files: int = 0, auto_delete: bool = False, qid_devs: int = 1024,
+               max_files: int = 0, auto_delete: bool = False, readonly: bool = False, qid_devs: int = 1024,
                qid_overflow: int = 16384) -> "DeviceState":
         """Make a fresh segment; FileExistsError if the name is taken."""
         _check_name(name)
@@ -155,6 +156,7 @@ class DeviceState:
                 L.U32.pack_into(buf, off, val)
             L.U64.pack_into(buf, L.H_MAX_SPACE_MB, max_space_mb)
             buf[L.H_AUTO_DELETE] = 1 if auto_delete else 0
+            buf[L.H_READONLY] = 1 if readonly else 0
             L.put_str(buf, L.H_SECURITY, security_model.encode(), 64)
             L.put_str(buf, L.H_EXPORT, os.fsencode(export), L.HEADER_SIZE - L.H_EXPORT, wide=True)
             buf[0:8] = L.MAGIC

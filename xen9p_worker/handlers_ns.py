@@ -171,6 +171,7 @@ def t_xattrcreate(s, m, req):
     name = fs(m.name)
     if not name:
         raise OSError(errno.EINVAL, "empty xattr name")
+    s.backend.check_writable()              # a read-only export refuses now, not at clunk
     s.backend.model.xattr_name(name, True)  # refuse reserved names now, not at clunk
     s.fids.update(m.fid, e.copy(kind=FID_XATTR_WRITE, xattr_name=name, xattr_size=m.attr_size,
                                 xattr_flags=m.flags, xattr_value=b""))

@@ -60,7 +60,7 @@ def _server(args, ds):
         raise WorkerExit(EXIT_USAGE, f"--export {args.export!r} differs from the device state's {ds.export!r}")
     limits = Limits(ds.max_fids, ds.max_open_files or None,
                     ds.max_space_mb * (1 << 20) if ds.max_space_mb else None)
-    backend = LocalBackend(args.export, args.security_model, qid_store=ds.qids)
+    backend = LocalBackend(args.export, args.security_model, qid_store=ds.qids, readonly=ds.readonly)
     # Tread may start on the loop: the ring worker's alloc never waits there (BlockingIOError
     # sends it to the pool), and t_read serves only page-cached data inline (RWF_NOWAIT).
     return Server(backend, msize_cap=ds.msize_cap or 512 * 1024 + 24, pool_size=args.threads, limits=limits,

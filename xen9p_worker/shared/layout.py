@@ -25,6 +25,7 @@ H_JOURNAL_SLOTS = 44   # u32
 H_BUCKETS = 48         # u32
 H_MAX_FILES = 52       # u32 (max-files from the toolstack; informational)
 H_AUTO_DELETE = 56     # u8
+H_READONLY = 57        # u8: EROFS to every modifying request (xen9pd's export policy)
 H_SECURITY = 64        # u8 len + 63 bytes
 H_FID_SEQ = 256        # u64 seqlock word of the fid table (and the session)
 H_FID_NEXTGEN = 264    # u64
