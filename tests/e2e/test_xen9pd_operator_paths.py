@@ -69,10 +69,10 @@ def test_prometheus_endpoint_serves_daemon_device_and_ring_metrics(world):
         assert g.works()
         name = "dom52/dev0"
         text = wait_for(lambda: (t := _scrape(world.port)) and _sample(t, "xen9p_device_requests_total",
-                                                                      f'device="{name}"') and t,
-                        15, "the device's request counter on /metrics")
+                                                                      f'device="{name}"')
+                        and _sample(t, "xen9p_ring_requests_total", f'ring="{name}/ring') is not None and t,
+                        15, "the device's and its rings' request counters on /metrics")
         assert _sample(text, "xen9p_device_requests_total", f'device="{name}"') > 0
-        assert _sample(text, "xen9p_ring_requests_total", f'ring="{name}/ring0"') is not None
         assert any(line.startswith("xen9p_daemon_") for line in text.splitlines())
         assert "# TYPE xen9p_device_requests_total counter" in text
     finally:
