@@ -21,6 +21,7 @@ from xen9p_common.xenbus import (Action, DeviceState, Event, XenbusState, backen
 from . import policy
 from .config import Config
 from .devstate import DeviceStateFactory, Limits, StateHandle
+from .export_dir import ExportError, ensure_export
 from .policy import SECURITY_MODELS
 from .restart import RestartPolicy
 from .workers import CpuAllocator, Launcher, Ring, RingSet, SpawnError
@@ -211,8 +212,11 @@ class Device:
         path = xs.read(self.be + "/path")
         if not path or not path.startswith("/"):
             raise DeviceFailure(f"backend path {path!r} is not an absolute host path")
-        if not os.path.isdir(path):
-            raise DeviceFailure(f"export {path} is not a directory on this host")
+        try:
+            if ensure_export(path, self.kind):
+                self.info("created the missing export directory %s (kind %s, as xen-9pfsd does)", path, self.kind)
+        except ExportError as e:
+            raise DeviceFailure(str(e)) from e
         model = (xs.read(self.be + "/security_model") or "none").strip()
         if model not in SECURITY_MODELS:
             raise DeviceFailure(f"security_model {model[:40]!r} is not one of {', '.join(SECURITY_MODELS)}")

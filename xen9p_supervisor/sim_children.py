@@ -97,13 +97,14 @@ class Child:
 class GuestProc(Child):
     """`xen9psim guest ... --progress` as a process; a thread reads its JSON lines."""
 
-    def __init__(self, sim_dir: str, domid: int, model: str, workloads: str, seed: int, scale: int) -> None:
+    def __init__(self, sim_dir: str, domid: int, model: str, workloads: str, seed: int, scale: int,
+                 frontend: str = "linux") -> None:
         import sys as _sys
         argv = [_sys.executable, "-m", "xen9p_supervisor.xen9psim", "--sim-dir", sim_dir, "guest",
                 "--domid", str(domid), "--tag", DEMO_TAG, "--seed", str(seed), "--scale", str(scale),
-                "--progress", "run", workloads]
+                "--frontend", frontend, "--progress", "run", workloads]
         super().__init__(f"dom{domid}", argv, os.path.join(sim_dir, f"guest{domid}.log"), pipe_stdout=True)
-        self.domid, self.model, self.workloads = domid, model, workloads
+        self.domid, self.model, self.workloads, self.frontend = domid, model, workloads, frontend
         self.mounted: dict | None = None
         self.progress: dict = {"ops": 0, "bytes": 0, "errors": 0}
         self.summary: dict | None = None

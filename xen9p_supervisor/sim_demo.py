@@ -1,4 +1,4 @@
-"""`xen9psim demo`: xenstored + xen9pd + two guests end to end, with live progress and a final report.
+"""`xen9psim demo`: xenstored + xen9pd + two Linux-style guests and a Mini-OS-style one, with a final report.
 
 The cleanup proves that no process or shared-memory segment is left behind (else the demo fails).
 """
@@ -16,17 +16,21 @@ from .sim_children import DEMO_TAG, Child, GuestProc, child_env, repo_root
 from .sim_report import progress_line, report_rows, report_table
 from .sim_toolstack import EXIT_ERROR, EXIT_OK, attach_device, destroy_domain, dom0_client, sim_dir_from
 
-# (domid, security model, workloads): two guests with the same tag on different domains.
+# (domid, security model, workloads): guests with the same tag on different domains.
 DEMO_GUESTS = (
     (1, "passthrough", "smoke,fsstress,copy,locks"),
     (2, "mapped-xattr", "smoke,untar,readdir,fsstress"),
+    (3, "none", "minios"),
 )
+# Guests whose kernel is not Linux: dom3 is a Xenstore-stubdom-like Mini-OS (9P2000.u, one ring of order 4,
+# a kexec live update half-way through its workload).
+DEMO_FRONTENDS = {3: "minios"}
 SHM_DIR = "/dev/shm"
 
 
 
 class Demo:
-    """xenstored + xen9pd + two guests, end to end; leaves no process or shm segment behind."""
+    """xenstored + xen9pd + the DEMO_GUESTS, end to end; leaves no process or shm segment behind."""
 
     def __init__(self, args: argparse.Namespace, out=None) -> None:
         self.args = args
@@ -159,16 +163,17 @@ class Demo:
                 self.say(f"  attached dom{domid}/dev0 tag {DEMO_TAG!r}: {export} ({model})")
             t0 = time.monotonic()
             for i, (domid, model, workloads) in enumerate(DEMO_GUESTS):
-                g = GuestProc(self.sim_dir, domid, model, workloads, self.args.seed + 100 * i, self.args.scale)
+                g = GuestProc(self.sim_dir, domid, model, workloads, self.args.seed + 100 * i, self.args.scale,
+                              frontend=DEMO_FRONTENDS.get(domid, "linux"))
                 self.children.append(g)
                 self.guests.append(g)
             self._deadline_wait(lambda: all(g.mounted or g.finished() for g in self.guests), 30,
-                                "both guests to mount")
+                                "every guest to mount")
             for g in self.guests:
                 if g.mounted:
                     m = g.mounted
-                    self.say(f"  dom{g.domid} mounted: msize {m['msize']}, {m['rings']} rings of order "
-                             f"{m['ring_order']}; running {g.workloads}")
+                    self.say(f"  dom{g.domid} mounted ({g.frontend}, {m.get('version', '9P2000.L')}): msize "
+                             f"{m['msize']}, {m['rings']} rings of order {m['ring_order']}; running {g.workloads}")
             self._note_descendants()
             code, text = self.xen9pctl("status")
             self.say("\n$ xen9pctl status\n" + text.rstrip() + "\n")

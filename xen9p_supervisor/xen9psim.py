@@ -15,7 +15,7 @@ from typing import Sequence
 from xen9p_common.errors import Xen9pError, XenStoreError
 
 # The pieces live in sim_toolstack, sim_guest and sim_demo; re-exported because callers import them from here.
-from .sim_guest import run_guest
+from .sim_guest import FRONTENDS, MINIOS_WORKLOADS, run_guest
 from .sim_report import guest_report
 from .sim_toolstack import (EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError, attach_device,
                             create_domain, destroy_domain, dom0_client, sim_dir_from)
@@ -89,9 +89,11 @@ def cmd_guest(args: argparse.Namespace) -> int:
     from xen9p_common.platform.sim.workloads import WORKLOADS, Progress
     sim_dir = sim_dir_from(args)
     names = [w for w in args.workload.split(",") if w]
-    bad = [w for w in names if w not in WORKLOADS]
+    known = MINIOS_WORKLOADS if args.frontend == "minios" else tuple(WORKLOADS)
+    bad = [w for w in names if w not in known]
     if not names or bad:
-        raise UsageError(f"unknown workload {', '.join(bad) or '(none)'} (known: {', '.join(WORKLOADS)})")
+        raise UsageError(f"unknown workload {', '.join(bad) or '(none)'} for a {args.frontend} guest "
+                         f"(known: {', '.join(known)})")
     progress = Progress()
     stop = threading.Event()
 
@@ -110,7 +112,8 @@ def cmd_guest(args: argparse.Namespace) -> int:
         reporter.start()
     try:
         summary = run_guest(sim_dir, args.domid, args.tag, names, seed=args.seed, scale=args.scale,
-                            msize=args.msize, timeout=args.timeout, progress=progress, on_mounted=mounted)
+                            msize=args.msize, timeout=args.timeout, progress=progress, on_mounted=mounted,
+                            frontend=args.frontend)
     finally:
         stop.set()
         if reporter:
@@ -170,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("guest", parents=[common], help="a simulated guest: mount a tag and run a workload")
     p.add_argument("--domid", type=int, required=True)
     p.add_argument("--tag", required=True)
+    p.add_argument("--frontend", choices=FRONTENDS, default="linux",
+                   help="guest kernel: linux (trans_xen, 9P2000.L), minios (9pfront, 9P2000.u, 1 ring of order 4, "
+                        "live update mid-way; workload minios), unikraft (msize = whole ring, Tcreate/Tremove)")
     p.add_argument("--msize", type=int, default=None, help="requested msize (default Linux's 128 KiB + 24)")
     p.add_argument("--timeout", type=float, default=10.0, help="handshake timeout, seconds")
     p.add_argument("--seed", type=int, default=1)
@@ -177,10 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--progress", action="store_true", help="JSON lines: mounted, progress, summary")
     p.add_argument("action", choices=("run",))
-    p.add_argument("workload", help="smoke, fsstress, copy, untar, readdir, locks (comma-separated list)")
+    p.add_argument("workload", help="smoke, fsstress, copy, untar, readdir, locks, unikraft; minios for "
+                                    "--frontend minios (comma-separated list)")
     p.set_defaults(fn=cmd_guest)
 
-    p = sub.add_parser("demo", parents=[common], help="xenstored + xen9pd + two guests, end to end")
+    p = sub.add_parser("demo", parents=[common],
+                       help="xenstored + xen9pd + two Linux-style guests and a Mini-OS-style one")
     p.add_argument("--scale", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")

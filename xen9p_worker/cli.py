@@ -41,7 +41,7 @@ def add_core_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m xen9p_worker",
-                                description="Serve a host directory over 9P2000.L.")
+                                description="Serve a host directory over 9P2000.L or 9P2000.u.")
     p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     modes = p.add_mutually_exclusive_group(required=True)
     modes.add_argument("--listen", metavar="unix:PATH|tcp:HOST:PORT|fd:N",

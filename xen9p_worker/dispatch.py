@@ -1,7 +1,12 @@
-"""Transport-independent 9P2000.L dispatch: one Session per 9P session, frames in, frames out.
+"""Transport-independent 9P dispatch: one Session per 9P session, frames in, frames out.
 
 Cheap requests run on the caller's thread; blocking ones on a worker pool. Every
 request gets exactly one reply, except one flushed before it started.
+
+The dialect (9P2000.L or 9P2000.u) is what the session state's version says: it picks
+the handler table and the error reply (Rlerror, or Rerror for .u: a .u client never
+sees an Rlerror). Every Tversion moves the state's epoch, so each Session (each ring
+worker's, whichever ring took the Tversion) re-reads the dialect before its next request.
 """
 from __future__ import annotations
 
@@ -14,7 +19,9 @@ from typing import Callable
 from xen9p_common.errors import DecodeError, Xen9pError
 from xen9p_common.p9 import messages as M
 
-from . import handlers
+from xen9p_common.p9 import constants as C
+
+from . import handlers, handlers_u
 from .fdcache import FdBudget, FdCache
 from .fids import FidTable, LocalFidTable
 from .locks import LocalLockTable, LockTable
@@ -32,7 +39,8 @@ PENDING = handlers.PENDING
 # Run on the transport's thread, they finish before that thread can take a Tflush or a
 # cancel, so they skip the in-flight table and its lock (the hot path of small ops).
 SYNC_INLINE = frozenset({M.Tgetattr, M.Twalk, M.Tclunk, M.Tstatfs, M.Treadlink, M.Txattrwalk,
-                         M.Tgetlock, M.Tattach, M.Tauth, M.Txattrcreate})
+                         M.Tgetlock, M.Tattach, M.Tauth, M.Txattrcreate, M.Tstat})
+ENAME_MAX = 64  # Rerror text bytes at most (xen-9pfsd caps at 80; Unikraft reads small replies into 1 KiB)
 
 
 class Limits:
@@ -80,6 +88,19 @@ class SessionState:
     def __init__(self) -> None:
         self.msize = 0  # 0: no Tversion yet
         self.version = ""
+        self.epoch = 0  # moved by every Tversion that starts a new session
+
+    def bump_epoch(self) -> None:
+        self.epoch += 1
+
+
+def error_frame(tag: int, err: int, dialect_u: bool) -> bytes:
+    """The error reply of a dialect: Rerror (short strerror text + errno) for .u, else Rlerror."""
+    err = err or errno.EIO
+    if dialect_u:
+        text = os.strerror(err).encode()[:ENAME_MAX].decode("ascii", "replace")
+        return M.encode(M.Rerror(tag, text, err))
+    return M.encode(M.Rlerror(tag, err))
 
 
 class Request:
@@ -109,7 +130,10 @@ class Session:
         # client that reuses the tag the moment it has the reply (Linux does) is not refused;
         # still findable, so a Tflush that raced the reply gets its Rflush after that reply.
         self._replying: dict[int, Request] = {}
+        self.dialect_u = False
+        self._epoch = -1
         self._table = handlers.TABLE
+        self.on_new_session: Callable[[], None] | None = None  # a ring worker's device-wide reset
         self._inline = server.inline
         self._sync_inline = server.inline & SYNC_INLINE
         self._pool_submit = server.pool.submit
@@ -125,13 +149,15 @@ class Session:
         transport places it in an allocation it already handed out). `frame` must stay
         valid until the reply (Twrite data is a view into it).
         """
+        if self.state.epoch != self._epoch:
+            self.sync_dialect()
         try:
             msg = M.decode(frame)
         except DecodeError as e:
             tag = M.NOTAG
             if len(frame) >= M.HEADER_SIZE:
                 tag = M.HEADER.unpack_from(frame, 0)[2]
-            reply(M.encode(M.Rlerror(tag, e.errno)))
+            reply(self.error_frame(tag, e.errno))
             return
         tag = msg.tag
         cls = type(msg)
@@ -139,8 +165,8 @@ class Session:
             self._flush(msg, reply)
             return
         fn = self._table.get(cls)
-        if fn is None:  # an R message or something we do not serve
-            reply(M.encode(M.Rlerror(tag, errno.EOPNOTSUPP)))
+        if fn is None:  # an R message, or a message of the other dialect
+            reply(self.error_frame(tag, errno.EOPNOTSUPP))
             return
         req = Request(tag, msg, reply, alloc)
         if cls in self._sync_inline:
@@ -163,6 +189,25 @@ class Session:
             self._run(req, fn)
         else:
             self._pool_submit(self._run, req, fn)
+
+    def sync_dialect(self) -> None:
+        """Take the dialect (handler table, error reply) from the session state."""
+        self._epoch = self.state.epoch
+        self.dialect_u = self.state.version == C.VERSION_9P2000U
+        self._table = handlers_u.TABLE_U if self.dialect_u else handlers.TABLE
+
+    def error_frame(self, tag: int, err: int) -> bytes:
+        """This session's error reply (Rerror in a .u session, else Rlerror)."""
+        return error_frame(tag, err, self.dialect_u)
+
+    def new_session(self, msize: int, version: str) -> None:
+        """Tversion that starts over: every fid clunked, then the new msize and dialect."""
+        self.reset()
+        self.state.msize, self.state.version = msize, version
+        self.state.bump_epoch()
+        self.sync_dialect()
+        if self.on_new_session is not None:
+            self.on_new_session()
 
     def close(self) -> None:
         """The transport is gone: withdraw waiters and clunk every fid."""
@@ -232,16 +277,16 @@ class Session:
             self.finish(req, result)
 
     def _call(self, req: Request, fn):
-        """The handler's result, or the Rlerror its exception maps to."""
+        """The handler's result, or the error reply (this dialect's) its exception maps to."""
         try:
             return fn(self, req.msg, req)
         except OSError as e:
-            return M.Rlerror(req.tag, e.errno or errno.EIO)
+            return self.error_frame(req.tag, e.errno or errno.EIO)
         except Xen9pError as e:
-            return M.Rlerror(req.tag, getattr(e, "errno", errno.EIO) or errno.EIO)
+            return self.error_frame(req.tag, getattr(e, "errno", errno.EIO) or errno.EIO)
         except Exception:
             log.exception("unexpected error serving %r", req.msg)
-            return M.Rlerror(req.tag, errno.EIO)
+            return self.error_frame(req.tag, errno.EIO)
 
     def finish(self, req: Request, result) -> None:
         """Send the reply of req, then the Rflush of every Tflush that waited for it."""

@@ -45,6 +45,9 @@ class FidEntry:
     xattr_size: int = 0
     xattr_flags: int = 0
     xattr_value: bytes = b""
+    rclose: bool = False     # opened with ORCLOSE (9P2000.u): removed at clunk
+    dir_offset: int = 0      # .u directory read: the byte offset the next Tread continues at
+    dir_cookie: int = 0      # ... and the getdents cookie of that offset
 
     def copy(self, **changes) -> "FidEntry":
         return replace(self, **changes)

@@ -1,5 +1,6 @@
 """One function per 9P2000.L request: fid table + backend in, reply out. This module:
-session, walk and attributes, plus the dispatch table of every handler module.
+session, walk and attributes, plus the .L dispatch table of every handler module
+(the 9P2000.u table: handlers_u.py).
 
 Dispatch owns threads, tags and flushes; handlers own 9P semantics. Each takes
 (session, msg, req) and returns a message, raw reply bytes or length, or PENDING.
@@ -7,6 +8,7 @@ Dispatch owns threads, tags and flushes; handlers own 9P semantics. Each takes
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import struct
 
@@ -16,10 +18,12 @@ from xen9p_common.p9 import constants as C
 from .fdcache import ROLE_PATH
 from .fidfds import any_slot, clunk_all, drop_fds, fs, path_entry, path_slot, release  # noqa: F401
 from .fids import FID_PATH, FID_XATTR_READ, FID_XATTR_WRITE, FidEntry
+from .handlers_create import t_create
 from .handlers_io import t_fsync, t_lcreate, t_lopen, t_read, t_readdir, t_write
-from .handlers_ns import (apply_xattr, t_getlock, t_link, t_lock, t_mkdir, t_mknod, t_remove, t_rename,
+from .handlers_ns import (apply_xattr, remove_entry, t_getlock, t_link, t_lock, t_mkdir, t_mknod, t_remove, t_rename,
                           t_renameat, t_symlink, t_unlinkat, t_xattrcreate, t_xattrwalk)
 
+log = logging.getLogger("xen9p.handlers")
 PENDING = object()  # the handler will call session.finish() later
 V9FS_MAGIC = 0x01021997
 NONUNAME = 0xFFFFFFFF
@@ -28,13 +32,28 @@ _RGETATTR = struct.Struct("<IBHQBIQIIIQQQQQ" + "Q" * 10)  # header + every Rgeta
 
 # -- session -------------------------------------------------------------------
 
+def negotiate(version: str) -> str:
+    """The dialect answered: "9P2000.L" (and its suffixed forms), exactly "9P2000.u", or "unknown"."""
+    if version.startswith(C.VERSION_9P2000L):
+        return C.VERSION_9P2000L
+    if version == C.VERSION_9P2000U:
+        return C.VERSION_9P2000U
+    return "unknown"
+
+
 def t_version(s, m, req):
     if m.msize < C.MIN_MSIZE:
         raise OSError(errno.EINVAL, "msize below 4096")
-    s.reset()
-    version = C.VERSION_9P2000L if m.version.startswith(C.VERSION_9P2000L) else "unknown"
+    version = negotiate(m.version)
     msize = min(m.msize, s.server.msize_cap)
-    s.state.msize, s.state.version = msize, version
+    st = s.state
+    if version == C.VERSION_9P2000U == st.version and msize == st.msize and s.fids.count():
+        # Deliberate departure from the 9P spec (which resets the session): a repeated Tversion
+        # with the same version and msize on an attached 9P2000.u session keeps every fid.
+        # Mini-OS re-initialises so after a kexec (Xenstore-stubdom live update) and goes on
+        # using fid 0 without a Tattach; xen-9pfsd, its usual server, never resets on Tversion.
+        return M.Rversion(m.tag, msize, version)
+    s.new_session(msize, version)
     return M.Rversion(m.tag, msize, version)
 
 
@@ -43,8 +62,8 @@ def t_auth(s, m, req):
 
 
 def t_attach(s, m, req):
-    if m.afid != M.NOFID:
-        raise OSError(errno.EOPNOTSUPP, "no authentication")
+    # No authentication is offered (Tauth fails), so afid is ignored whatever it says, as QEMU and
+    # xen-9pfsd do: Mini-OS attaches with afid 0.
     uid = m.n_uname if m.n_uname != NONUNAME else 0
     qid = s.backend.qid_at(s.backend.root_fd, b"")
     s.fids.add(m.fid, FidEntry(FID_PATH, b"", qid, uid))
@@ -53,6 +72,14 @@ def t_attach(s, m, req):
 
 
 def t_clunk(s, m, req):
+    e = s.fids.get(m.fid)
+    if e.rclose:
+        # Opened with ORCLOSE: the file goes before the fid (a re-run after a crash finds the fid
+        # and nothing to remove). A failed removal does not fail the clunk.
+        try:
+            remove_entry(s, m.fid, e)
+        except OSError as err:
+            log.debug("ORCLOSE removal of fid %d failed: %s", m.fid, err)
     e = s.fids.remove(m.fid)
     try:
         if e.kind == FID_XATTR_WRITE:
@@ -185,7 +212,10 @@ TABLE = {
     M.Trename: t_rename, M.Trenameat: t_renameat, M.Tunlinkat: t_unlinkat, M.Tremove: t_remove,
     M.Txattrwalk: t_xattrwalk, M.Txattrcreate: t_xattrcreate, M.Tlock: t_lock, M.Tgetlock: t_getlock,
 }
+# Tcreate (.u layout) is accepted in a .L session too: Unikraft makes directories with it, and
+# QEMU's core serves it in any dialect. Tremove is in both dialects anyway.
+TABLE[M.Tcreate] = t_create
 
 # Served on the caller's thread: metadata-only calls that do not wait on disk I/O.
 INLINE = frozenset({M.Tversion, M.Tauth, M.Tattach, M.Twalk, M.Tclunk, M.Tgetattr, M.Tstatfs,
-                    M.Treadlink, M.Txattrwalk, M.Txattrcreate, M.Tlock, M.Tgetlock})
+                    M.Treadlink, M.Txattrwalk, M.Txattrcreate, M.Tlock, M.Tgetlock, M.Tstat})

@@ -26,7 +26,7 @@ _RREAD_HDR = struct.Struct("<IBHI")  # size, type, tag, count
 _tls = threading.local()
 
 
-def _check_open_limit(s) -> None:
+def check_open_limit(s) -> None:
     lim = s.server.limits.max_open_files
     if lim is not None and s.fids.count_open() >= lim:
         raise OSError(errno.EMFILE, "open-files limit reached")
@@ -34,7 +34,7 @@ def _check_open_limit(s) -> None:
 
 def t_lopen(s, m, req):
     e = path_entry(s, m.fid)
-    _check_open_limit(s)
+    check_open_limit(s)
     slot = path_slot(s, m.fid, e)
     try:
         st = os.fstat(slot.fd)
@@ -61,7 +61,7 @@ def t_lopen(s, m, req):
 
 def t_lcreate(s, m, req):
     e = path_entry(s, m.fid)
-    _check_open_limit(s)
+    check_open_limit(s)
     quota_for(s).admit_files(1)
     name = fs(m.name)
     slot = path_slot(s, m.fid, e)

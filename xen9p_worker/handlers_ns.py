@@ -118,24 +118,29 @@ def t_unlinkat(s, m, req):
     return M.Runlinkat(m.tag)
 
 
+def remove_entry(s, fid: int, e: FidEntry) -> None:
+    """Remove the file or directory fid names (Tremove, a clunk after ORCLOSE)."""
+    if not e.path:
+        raise OSError(errno.EBUSY, "cannot remove the export root")
+    slot = any_slot(s, fid, e)
+    try:
+        isdir = stat.S_ISDIR(os.fstat(slot.fd).st_mode)
+    finally:
+        s.fds.release(slot)
+    head, _, name = e.path.rpartition(b"/")
+    pfd = s.backend.walk(head)
+    try:
+        if not isdir:
+            pin_open_files(s, e.path)
+        s.backend.unlink(pfd, name, isdir)
+    finally:
+        os.close(pfd)
+
+
 def t_remove(s, m, req):
     e = s.fids.get(m.fid)
     try:
-        if not e.path:
-            raise OSError(errno.EBUSY, "cannot remove the export root")
-        slot = any_slot(s, m.fid, e)
-        try:
-            isdir = stat.S_ISDIR(os.fstat(slot.fd).st_mode)
-        finally:
-            s.fds.release(slot)
-        head, _, name = e.path.rpartition(b"/")
-        pfd = s.backend.walk(head)
-        try:
-            if not isdir:
-                pin_open_files(s, e.path)
-            s.backend.unlink(pfd, name, isdir)
-        finally:
-            os.close(pfd)
+        remove_entry(s, m.fid, e)
     finally:
         try:  # Tremove clunks the fid whatever happened
             s.fids.remove(m.fid)

@@ -24,7 +24,7 @@ class RingMetrics:
         self.replies = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.errors = 0        # Rlerror replies
+        self.errors = 0        # Rlerror and Rerror replies
         self.resumed = 0       # requests found in flight by a restarted worker
         self.flushes = 0
         self.notifies = 0

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as M
 
-from .fids import FID_PATH
+from .fids import FID_DIR, FID_FILE, FID_PATH
+from .handlers_create import adopt
+from .handlers_u import renamed_by_wstat
 
 
 def _join(path: bytes, name: bytes) -> bytes:
@@ -43,8 +46,10 @@ class ResumeFixup:
         elif t in (M.Tclunk, M.Tremove):
             if not self._exists(msg.fid):
                 return M.encode(M.Rclunk(msg.tag) if t is M.Tclunk else M.Rremove(msg.tag))
-        elif t in (M.Tlopen, M.Txattrcreate):
+        elif t in (M.Tlopen, M.Txattrcreate, M.Topen):
             self._back_to_path(msg.fid)
+        elif t is M.Tcreate:
+            self._uncreate(msg)
         elif t is M.Tlcreate:
             try:
                 e = fids.get(msg.fid)
@@ -62,9 +67,9 @@ class ResumeFixup:
 
     def translate(self, frame, reply):
         """The reply to send for the re-run, given what it answered."""
-        if not isinstance(reply, (bytes, bytearray)) or len(reply) < 11 or reply[4] != M.Rlerror.TYPE:
+        ecode = M.error_code(reply) if isinstance(reply, (bytes, bytearray)) else None
+        if ecode is None:
             return reply
-        ecode = int.from_bytes(reply[7:11], "little")
         try:
             msg = M.decode(bytes(frame))
         except Exception:
@@ -73,11 +78,20 @@ class ResumeFixup:
         if ecode == errno.ENOENT:
             if t is M.Tunlinkat:
                 return M.encode(M.Runlinkat(msg.tag))
+            if t is M.Tremove:  # removed, then the worker died before the fid went
+                return M.encode(M.Rremove(msg.tag))
+            if t is M.Twstat and renamed_by_wstat(self.s, msg):
+                return M.encode(M.Rwstat(msg.tag))
             if t is M.Trenameat:
                 return M.encode(M.Rrenameat(msg.tag))
             if t is M.Trename:
                 return M.encode(M.Rrename(msg.tag))
         if ecode == errno.EEXIST:
+            if t is M.Tcreate and msg.perm & C.DM_TYPE_BITS:  # not a regular file (reopened, no EEXIST)
+                try:  # made by the predecessor: the fid moves onto it, as the first run would have
+                    return M.encode(adopt(self.s, msg, self.s.fids.get(msg.fid), os.fsencode(msg.name)))
+                except OSError:
+                    return reply
             if t is M.Tlink:
                 return M.encode(M.Rlink(msg.tag))
             if t in (M.Tmkdir, M.Tsymlink, M.Tmknod):
@@ -101,6 +115,33 @@ class ResumeFixup:
         except OSError:
             pass
 
+    def _uncreate(self, msg) -> None:
+        """A Tcreate that moved its fid onto the new object already: back to the directory."""
+        try:
+            e = self.s.fids.get(msg.fid)
+        except OSError:
+            return
+        name = os.fsencode(msg.name)
+        if not (e.path == name or e.path.endswith(b"/" + name)):
+            return
+        if msg.perm & C.DMDIR:
+            done = e.kind == FID_DIR
+        elif e.kind == FID_FILE:
+            done = True
+        else:  # still the directory, or moved onto the non-directory it made
+            try:
+                fd = self.s.backend.walk(e.path)
+            except OSError:
+                return
+            try:
+                done = not stat.S_ISDIR(os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
+        if done:
+            parent = e.path[:-len(name)].rstrip(b"/")
+            self.s.fids.update(msg.fid, e.copy(kind=FID_PATH, path=parent, open_flags=-1, holder_pid=0,
+                                               holder_fd=-1, rclose=False))
+
     def _back_to_path(self, fid: int) -> None:
         try:
             e = self.s.fids.get(fid)
@@ -108,7 +149,8 @@ class ResumeFixup:
             return
         if e.kind != FID_PATH:
             self.s.fids.update(fid, e.copy(kind=FID_PATH, open_flags=-1, holder_pid=0, holder_fd=-1,
-                                           xattr_name=b"", xattr_size=0, xattr_flags=0, xattr_value=b""))
+                                           xattr_name=b"", xattr_size=0, xattr_flags=0, xattr_value=b"",
+                                           rclose=False, dir_offset=0, dir_cookie=0))
 
     def _qid(self, dfid: int, name: bytes):
         try:

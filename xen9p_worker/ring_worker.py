@@ -71,8 +71,7 @@ _RREAD_HDR = 11
 BIG_REPLY = 64 * 1024  # an I/O thread that publishes a reply this big notifies the guest at once
 NOTIFY_BATCH = 4  # a long drain notifies after this many requests, so the guest overlaps with us
 _TWRITE_HDR = 23  # size type tag fid[4] offset[8] count[4]
-R_VERSION = M.Rversion.TYPE
-R_LERROR = M.Rlerror.TYPE
+R_ERRORS = (M.Rlerror.TYPE, M.Rerror.TYPE)
 
 
 class _Abandon(Xen9pError):
@@ -196,6 +195,8 @@ class RingWorker:
         # The dispatcher takes a wrapped request as a list of two views (Twrite zero-copy)
         # when it says so; otherwise wrapped requests are copied.
         self._segments_ok = bool(getattr(session, "accepts_segments", False))
+        # A Tversion that starts a new session (on this ring) drops the device's locks too.
+        session.on_new_session = self._version_reset
         self._on_loop = threading.get_ident()
         # Fault injection for crash-resumption tests: die by SIGKILL at the n-th reply that
         # reaches `point` (applied | done | replying | published). None in production.
@@ -669,11 +670,9 @@ class RingWorker:
                 data = result
                 n = len(data)
                 if n > ring.size:
-                    data = M.encode(M.Rlerror(p.tag, errno.EMSGSIZE))
+                    data = self.session.error_frame(p.tag, errno.EMSGSIZE)
                     n = len(data)
                 mtype = data[4]
-                if mtype == R_VERSION:
-                    self._version_reset()
                 if not p.held:
                     if self._deferred and on_loop and not retry:
                         self._deferred.append((p, data))  # keep the loop's replies in order
@@ -720,7 +719,7 @@ class RingWorker:
                 p.segs = None
                 self._reply_lock.release()
         j.published(p.slot)
-        self.metrics.reply(p.mtype, n, mtype == R_LERROR, time.monotonic_ns() - p.t0)
+        self.metrics.reply(p.mtype, n, mtype in R_ERRORS, time.monotonic_ns() - p.t0)
         if n >= BIG_REPLY:
             self._bulk = True
             if not on_loop:
@@ -754,9 +753,8 @@ class RingWorker:
                 pass
 
     def _version_reset(self) -> None:
-        """Tversion resets the session of every ring: drop the device's locks, move the epoch."""
+        """Tversion reset the session of every ring (dispatch moved the epoch): drop the device's locks."""
         self.ds.locks.release_all()
-        self.ds.session.bump_epoch()
 
     # -- Tflush --------------------------------------------------------------------
 
@@ -765,7 +763,7 @@ class RingWorker:
         try:
             oldtag = M.decode(frame).oldtag
         except Xen9pError:
-            self._reply(p, M.encode(M.Rlerror(p.tag, errno.EPROTO)))
+            self._reply(p, self.session.error_frame(p.tag, errno.EPROTO))
             return
         with self._tag_mu:
             old = self._by_tag.get(oldtag)

@@ -49,9 +49,13 @@ class Server:
     def mapped(self) -> bool:
         return self.model in ("mapped-xattr", "mapped-file")
 
+    def connect_raw(self, timeout: float = 10.0) -> Client:
+        """A new connection, nothing sent yet."""
+        return Client(SocketTransport.connect_unix(str(self.socket)), timeout=timeout, name=self.name)
+
     def connect(self, msize: int = MSIZE, timeout: float = 10.0) -> Client:
         """A new connection with Tversion done (no attach)."""
-        c = Client(SocketTransport.connect_unix(str(self.socket)), timeout=timeout, name=self.name)
+        c = self.connect_raw(timeout)
         try:
             c.version(msize)
         except BaseException:

@@ -158,8 +158,8 @@ def test_flush_of_an_unknown_tag(env):
 
 @pytest.mark.xen9p_only(reason="diod's reply to an unknown message type is not checked")
 def test_unknown_message_type_is_eopnotsupp(env):
-    # Tcreate (114) is 9P2000 only; a .L server answers Rlerror(EOPNOTSUPP) and keeps serving.
-    fut = env.client.rpc_raw_async(lambda tag: m.HEADER.pack(7 + 4, 114, tag) + b"\x01\x00\x00\x00")
+    # Tstat (124) is 9P2000.u only; a .L session answers Rlerror(EOPNOTSUPP) and keeps serving.
+    fut = env.client.rpc_raw_async(lambda tag: m.HEADER.pack(7 + 4, 124, tag) + b"\x01\x00\x00\x00")
     with raises_errno(errno.EOPNOTSUPP):
         env.client.wait(fut)
     assert env.root.getattr().qid.type == c.QTDIR

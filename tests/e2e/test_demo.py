@@ -1,6 +1,6 @@
 """`xen9psim demo` as a test: exit 0, zero guest errors, and nothing left behind, also after Ctrl-C.
 
-The demo runs as a real process (it starts xenstored, xen9pd, ring workers and two guests itself).
+The demo runs as a real process (it starts xenstored, xen9pd, ring workers and its three guests itself).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import time
 import pytest
 
 from tests.e2e.xen9pd_helpers import ROOT, env_for_children, procs_with, wait_for
+from xen9p_supervisor.sim_demo import DEMO_GUESTS
 
 SHM = "/dev/shm"
 
@@ -82,10 +83,14 @@ def test_demo_runs_clean(pieces):
     assert proc.returncode == 0, out
     report = next(json.loads(ln) for ln in out.splitlines() if ln.startswith('{"guests"'))
     guests = report["guests"]
-    assert [g["model"] for g in guests] == ["passthrough", "mapped-xattr"]
+    assert [(g["frontend"], g["model"]) for g in guests] == [("linux", "passthrough"), ("linux", "mapped-xattr"),
+                                                             ("minios", "none")]
     for g in guests:
         assert g["errors"] == 0, out
-        assert g["ops"] > 100 and g["requests"] > g["ops"] and g["mib"] > 1
+        assert g["requests"] > g["ops"] > (100 if g["frontend"] == "linux" else 10)
+        assert g["mib"] > (1 if g["frontend"] == "linux" else 0)
+    assert guests[2]["live_updates"] == 1  # the Mini-OS guest re-initialised mid-way and kept going
+    assert "dom3 mounted (minios, 9P2000.u): msize 16384, 1 rings of order 4" in out
     assert "$ xen9pctl status" in out and "connected" in out
     assert "no process or shared-memory segment left behind" in out
     _assert_nothing_left(_sim_dir(out), out)
@@ -103,9 +108,9 @@ def test_demo_ctrl_c_leaves_nothing_behind(pieces):
             if not line:
                 break
             lines.append(line)
-            if "mounted" in line and sum("mounted" in ln for ln in lines) == 2:
+            if "mounted" in line and sum("mounted" in ln for ln in lines) == len(DEMO_GUESTS):
                 break
-        assert sum("mounted" in ln for ln in lines) == 2, "".join(lines)
+        assert sum("mounted" in ln for ln in lines) == len(DEMO_GUESTS), "".join(lines)
         sim_dir = _sim_dir("".join(lines))
         assert procs_with(sim_dir), "nothing was running to interrupt"
         os.kill(proc.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C (to the demo only)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.xen9pd_helpers import ROOT, Guest, SimXenstored, Xen9pd, env_for_children, wait_for
+from tests.e2e.xen9pd_helpers import ROOT, Guest, env_for_children, wait_for, xen9pd_world
 
 
 def ctl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -55,13 +55,8 @@ def test_xen9pd_without_xenstore_exits_69(tmp_path):
 @pytest.fixture
 def running(tmp_path):
     tmp = str(tmp_path)
-    xsd = SimXenstored(tmp)
-    xs = xsd.client()
-    d = Xen9pd(tmp, tmp)
-    yield tmp, xs, d
-    d.stop()
-    xs.close()
-    xsd.stop()
+    with xen9pd_world(tmp) as (xs, d):
+        yield tmp, xs, d
 
 
 def test_commands_end_to_end(running):

@@ -1,23 +1,20 @@
 """Invalid frontend values put that device in Closed with a warning naming it; nothing else is disturbed."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from tests.e2e.xen9pd_helpers import Guest, SimXenstored, Xen9pd
+from tests.e2e.xen9pd_helpers import Guest, xen9pd_world
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("fv"))
-    xsd = SimXenstored(tmp)
-    xs = xsd.client()
-    d = Xen9pd(tmp, tmp)
-    good = Guest(xs, 2).attach(tmp)
-    good.connect(2)
-    yield tmp, xs, d, good
-    d.stop()
-    xs.close()
-    xsd.stop()
+    with xen9pd_world(tmp) as (xs, d):
+        good = Guest(xs, 2).attach(tmp)
+        good.connect(2)
+        yield tmp, xs, d, good
 
 
 CASES = [
@@ -50,9 +47,11 @@ def test_invalid_frontend_values_close_only_that_device(env, label, kw, reason):
 
 def test_bad_toolstack_config_closes_device(env):
     tmp, xs, d, good = env
-    g = Guest(xs, 50).attach("/nonexistent/export")
+    missing = f"{tmp}/missing/export"
+    g = Guest(xs, 50, kind="9pfs").attach(missing)  # QEMU's kind never creates its export
     g.wait_be(6)
-    assert "dom50/dev0: disconnecting: export /nonexistent/export is not a directory" in d.logs()
+    assert f"dom50/dev0: disconnecting: export {missing} does not exist on this host" in d.logs()
+    assert not os.path.exists(f"{tmp}/missing")
     g2 = Guest(xs, 51).attach(tmp, security_model="bogus")
     g2.wait_be(6)
     assert "security_model 'bogus'" in d.logs()

@@ -4,6 +4,7 @@ Every wait polls xenstore, the control socket or a log file against a deadline.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -160,6 +161,20 @@ class Xen9pd:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def xen9pd_world(tmp: str, **settings):
+    """A sim xenstored, its dom0 client and xen9pd (fake workers unless told) in tmp: yields (xs, daemon)."""
+    xsd = SimXenstored(tmp)
+    xs = xsd.client()
+    d = Xen9pd(tmp, tmp, **settings)
+    try:
+        yield xs, d
+    finally:
+        d.stop()
+        xs.close()
+        xsd.stop()
 
 
 class Guest:

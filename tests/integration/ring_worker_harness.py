@@ -287,6 +287,9 @@ class StubSession:
     def drop_stale_fds(self) -> int:
         return 0
 
+    def error_frame(self, tag: int, err: int) -> bytes:
+        return M.encode(M.Rlerror(tag, err))
+
 
 class InprocWorker:
     """Ring 0 of `d` served by a RingWorker in this process (its own event channel handle).

@@ -1,4 +1,5 @@
-"""Property and golden-vector tests of the sans-IO 9P2000.L codec (xen9p_common.p9).
+"""Property and golden-vector tests of the sans-IO 9P2000.L codec (xen9p_common.p9); the .u
+messages share these properties (their own golden vectors: test_p9_codec_u.py).
 
 Strategies are derived from each message's declared FIELDS, so a new message type is covered automatically.
 """
@@ -13,6 +14,7 @@ from xen9p_common.errors import DecodeError
 from xen9p_common.p9 import messages as m
 from xen9p_common.p9 import wire
 from xen9p_common.p9.dirent import Dirent, pack_dirent, unpack_dirents
+from xen9p_common.p9.stat import StatRecord
 from xen9p_common.p9.stream import FrameBuffer
 from xen9p_common.p9.wire import Qid
 
@@ -23,6 +25,9 @@ _utf8_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_s
 _raw_text = st.binary(max_size=40).map(lambda b: b.decode("utf-8", "surrogateescape"))
 _str = st.one_of(_utf8_text, _raw_text)
 _qid = st.builds(Qid, st.integers(0, 0xFF), st.integers(0, 0xFFFFFFFF), st.integers(0, 2**64 - 1))
+_u16, _u32, _u64 = st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF), st.integers(0, 2**64 - 1)
+stat_record = st.builds(StatRecord, _u16, _u32, _qid, _u32, _u32, _u32, _u64, _str, _str, _str, _str, _str,
+                        _u32, _u32, _u32)
 
 FIELD_STRATEGIES = {
     "U8": st.integers(0, 0xFF),
@@ -34,6 +39,7 @@ FIELD_STRATEGIES = {
     "Data": st.binary(max_size=300),
     "StrArray": st.lists(_str, max_size=wire.MAXWELEM).map(tuple),
     "QidArray": st.lists(_qid, max_size=wire.MAXWELEM).map(tuple),
+    "Stat": stat_record,
 }
 
 
@@ -235,8 +241,8 @@ def test_registry_has_no_duplicates_and_r_is_t_plus_one():
     assert len(set(names)) == len(names)
     by_name = {cls.__name__: cls for cls in m.REGISTRY}
     for cls in m.REGISTRY:
-        if cls.__name__ == "Rlerror":
-            assert cls.TYPE == 7
+        if cls.__name__ in ("Rlerror", "Rerror"):  # errors answer any request
+            assert cls.TYPE in (7, 107)
             continue
         other = ("R" if cls.__name__[0] == "T" else "T") + cls.__name__[1:]
         assert other in by_name, f"{cls.__name__} has no {other}"

@@ -1,4 +1,4 @@
-"""9P2000.L client over any byte transport (sockets here, Xen rings elsewhere).
+"""9P2000.L (and 9P2000.u: fs_u.py) client over any byte transport (sockets here, Xen rings elsewhere).
 
 Used by the tests, the simulated guest and the benchmarks.
 """

@@ -11,10 +11,12 @@ from ..errors import ProtocolError, Xen9pError
 
 
 class P9Error(ProtocolError):
-    """The server answered Rlerror; `errno` is its ecode."""
+    """The server answered Rlerror (or a 9P2000.u Rerror); `errno` is its ecode, `ename` the
+    text of an Rerror (None for Rlerror and for errors the client made up)."""
 
-    def __init__(self, err: int, msg: str = "") -> None:
+    def __init__(self, err: int, msg: str = "", ename: str | None = None) -> None:
         name = _errno.errorcode.get(err, str(err))
+        self.ename = ename
         super().__init__(err, msg or f"{name}: {os.strerror(err)}")
 
 

@@ -1,5 +1,6 @@
 """A convenient 9P2000.L file API over RpcClient: fid allocation, walk, open, read,
-write, readdir, create, unlink, rename, attributes, xattrs, locks.
+write, readdir, create, unlink, rename, attributes, xattrs, locks (the 9P2000.u
+operations: fs_u.UFidOps).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..p9 import messages as m
 from ..p9.dirent import Dirent, unpack_dirents
 from ..p9.wire import MAXWELEM, Qid
 from .errors import P9Error
+from .fs_u import UFidOps
 from .rpc import RpcClient
 from .transport import Transport
 
@@ -40,13 +42,22 @@ class Client(RpcClient):
 
     # --- session -----------------------------------------------------------
 
-    def version(self, msize: int = 65536, version: str = c.VERSION_9P2000L) -> Rversion:
-        """Tversion; the server clunks every fid, so every Fid object becomes stale."""
-        r = self.rpc(m.Tversion, msize, version)
-        with self._fid_lock:
-            for f in self._fids.values():
-                f.fid_valid = False
-            self._fids.clear()
+    def version(self, msize: int = 65536, version: str = c.VERSION_9P2000L, *, notag: bool = True,
+                keep_fids: bool = False) -> Rversion:
+        """Tversion; the server clunks every fid, so every Fid object becomes stale.
+
+        notag=False sends it under an ordinary tag (as Mini-OS does); keep_fids=True keeps
+        the Fid objects (a .u live-update re-init, which xen9p answers without a reset).
+        """
+        if notag:
+            r = self.rpc(m.Tversion, msize, version)
+        else:
+            r = self.wait(self.rpc_tagged_async(m.Tversion, msize, version))
+        if not keep_fids:
+            with self._fid_lock:
+                for f in self._fids.values():
+                    f.fid_valid = False
+                self._fids.clear()
         self.msize = r.msize
         self.version_string = r.version
         return Rversion(r.msize, r.version)
@@ -120,7 +131,7 @@ class Stat(NamedTuple):
     data_version: int
 
 
-class Fid:
+class Fid(UFidOps):
     """One fid on the server. Clunked by close() / a `with` block.
 
     Directory operations (create, mkdir, unlinkat, ...) are called on the

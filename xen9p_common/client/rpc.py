@@ -3,6 +3,7 @@ that matches replies to requests by tag, timeouts, and Tflush.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from concurrent.futures import Future
@@ -56,11 +57,18 @@ class RpcClient:
     def rpc_async(self, cls: type[m.Message], *args, **kwargs) -> Future:
         """Send a request; the Future resolves to the reply or raises P9Error et al.
 
-        The future carries `.tag` (for flush) and `.request`.
+        The future carries `.tag` (for flush) and `.request`. Tversion goes under NOTAG.
         """
+        return self._send_async(cls, args, kwargs, notag=cls is m.Tversion)
+
+    def rpc_tagged_async(self, cls: type[m.Message], *args, **kwargs) -> Future:
+        """rpc_async under an ordinary tag even for Tversion (Mini-OS sends it so)."""
+        return self._send_async(cls, args, kwargs, notag=False)
+
+    def _send_async(self, cls, args, kwargs, notag: bool) -> Future:
         fut: Future = Future()
         fut.reply_type = m.BY_TYPE.get(cls.TYPE + 1)
-        if cls is m.Tversion:
+        if notag:
             tag = m.NOTAG
             with self._lock:
                 if self._closed is not None:
@@ -171,6 +179,8 @@ class RpcClient:
             return
         if isinstance(reply, m.Rlerror):
             fut.set_exception(P9Error(reply.ecode))
+        elif isinstance(reply, m.Rerror):  # 9P2000.u: the text is the server's, errno its number
+            fut.set_exception(P9Error(reply.ecode or errno.EIO, reply.ename, ename=reply.ename))
         elif fut.reply_type is not None and not isinstance(reply, fut.reply_type):
             fut.set_exception(UnexpectedReply(f"{reply!r} in reply to {fut.request!r}"))
         else:

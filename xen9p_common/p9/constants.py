@@ -1,4 +1,4 @@
-"""9P2000.L numeric constants: qid types, open flags, getattr/setattr masks, locks."""
+"""9P numeric constants: qid types, .L open flags, getattr/setattr masks, locks; .u modes and DM* bits."""
 from __future__ import annotations
 
 import os
@@ -95,6 +95,36 @@ AT_REMOVEDIR = 0x200
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 
+# 9P2000.u: Topen/Tcreate mode[1] (QEMU's values; OEXEC opens read-only)
+OREAD = 0x00
+OWRITE = 0x01
+ORDWR = 0x02
+OEXEC = 0x03
+OACCMODE = 0x03
+OEXCL = 0x04  # QEMU's value (Plan 9's 0x1000 does not fit the mode byte)
+OTRUNC = 0x10
+ORCLOSE = 0x40
+OAPPEND = 0x80
+
+# 9P2000.u: stat mode / Tcreate perm bits above the permission bits
+DMDIR = 0x80000000
+DMAPPEND = 0x40000000
+DMEXCL = 0x20000000
+DMMOUNT = 0x10000000
+DMAUTH = 0x08000000
+DMTMP = 0x04000000
+DMSYMLINK = 0x02000000
+DMLINK = 0x01000000
+DMDEVICE = 0x00800000
+DMNAMEDPIPE = 0x00200000
+DMSOCKET = 0x00100000
+DMSETUID = 0x00080000
+DMSETGID = 0x00040000
+DMSETVTX = 0x00010000
+# The bits that name a file's type (a Twstat may not change them).
+DM_TYPE_BITS = DMDIR | DMSYMLINK | DMLINK | DMDEVICE | DMNAMEDPIPE | DMSOCKET
+
 VERSION_9P2000L = "9P2000.L"
+VERSION_9P2000U = "9P2000.u"
 MIN_MSIZE = 4096
 XATTR_MAX_SIZE = 64 * 1024

@@ -1,4 +1,6 @@
-"""Every 9P2000.L message as one frozen type; fields declared once, one registry.
+"""Every 9P2000.L and 9P2000.u message as one frozen type; fields declared once, one registry.
+
+Tcreate has the .u layout (with `extension`) in both dialects: Unikraft sends it in .L sessions.
 
 A frame is size[4] type[1] tag[2] body, little-endian. `decode` takes exactly
 one complete frame and raises only DecodeError; `encode` returns the frame.
@@ -12,6 +14,7 @@ from dataclasses import dataclass, fields as dc_fields
 from typing import ClassVar
 
 from ..errors import DecodeError, Xen9pError
+from .stat import STATN, StatRecord
 from .wire import DATA, QID, QIDARRAY, STR, STRARRAY, U8, U16, U32, U64, Fixed, Qid, Var
 
 HEADER = struct.Struct("<IBH")
@@ -280,6 +283,9 @@ class Tattach(Message): pass
 @message(105, ("qid", QID))
 class Rattach(Message): pass
 
+@message(107, ("ename", STR), ("ecode", U32))
+class Rerror(Message): pass
+
 @message(108, ("oldtag", U16))
 class Tflush(Message): pass
 
@@ -291,6 +297,18 @@ class Twalk(Message): pass
 
 @message(111, ("wqids", QIDARRAY))
 class Rwalk(Message): pass
+
+@message(112, ("fid", U32), ("mode", U8))
+class Topen(Message): pass
+
+@message(113, ("qid", QID), ("iounit", U32))
+class Ropen(Message): pass
+
+@message(114, ("fid", U32), ("name", STR), ("perm", U32), ("mode", U8), ("extension", STR))
+class Tcreate(Message): pass
+
+@message(115, ("qid", QID), ("iounit", U32))
+class Rcreate(Message): pass
 
 @message(116, ("fid", U32), ("offset", U64), ("count", U32))
 class Tread(Message): pass
@@ -316,6 +334,18 @@ class Tremove(Message): pass
 @message(123)
 class Rremove(Message): pass
 
+@message(124, ("fid", U32))
+class Tstat(Message): pass
+
+@message(125, ("stat", STATN))
+class Rstat(Message): pass
+
+@message(126, ("fid", U32), ("stat", STATN))
+class Twstat(Message): pass
+
+@message(127)
+class Rwstat(Message): pass
+
 
 REGISTRY: tuple[type[Message], ...] = (
     Rlerror, Tstatfs, Rstatfs, Tlopen, Rlopen, Tlcreate, Rlcreate, Tsymlink, Rsymlink,
@@ -323,8 +353,9 @@ REGISTRY: tuple[type[Message], ...] = (
     Tsetattr, Rsetattr, Txattrwalk, Rxattrwalk, Txattrcreate, Rxattrcreate,
     Treaddir, Rreaddir, Tfsync, Rfsync, Tlock, Rlock, Tgetlock, Rgetlock,
     Tlink, Rlink, Tmkdir, Rmkdir, Trenameat, Rrenameat, Tunlinkat, Runlinkat,
-    Tversion, Rversion, Tauth, Rauth, Tattach, Rattach, Tflush, Rflush,
-    Twalk, Rwalk, Tread, Rread, Twrite, Rwrite, Tclunk, Rclunk, Tremove, Rremove,
+    Tversion, Rversion, Tauth, Rauth, Tattach, Rattach, Rerror, Tflush, Rflush,
+    Twalk, Rwalk, Topen, Ropen, Tcreate, Rcreate, Tread, Rread, Twrite, Rwrite, Tclunk, Rclunk,
+    Tremove, Rremove, Tstat, Rstat, Twstat, Rwstat,
 )
 BY_TYPE: dict[int, type[Message]] = {cls.TYPE: cls for cls in REGISTRY}
 
@@ -376,6 +407,17 @@ def encode_header(mtype: int, tag: int, size: int) -> bytes:
     return HEADER.pack(size, mtype, tag)
 
 
+def error_code(frame) -> int | None:
+    """The errno an Rlerror or Rerror frame carries (Rerror's is its last four bytes), else None."""
+    if len(frame) < HEADER_SIZE + 4:
+        return None
+    if frame[4] == Rlerror.TYPE:
+        return struct.unpack_from("<I", frame, HEADER_SIZE)[0]
+    if frame[4] == Rerror.TYPE:
+        return struct.unpack_from("<I", frame, len(frame) - 4)[0]
+    return None
+
+
 def is_request(mtype: int) -> bool:
     return mtype % 2 == 0
 
@@ -385,6 +427,6 @@ def field_names(cls: type[Message]) -> tuple[str, ...]:
 
 
 __all__ = [c.__name__ for c in REGISTRY] + [
-    "Message", "EncodeError", "REGISTRY", "BY_TYPE", "decode", "encode", "encode_header", "frame_size", "peek_header",
-    "HEADER", "HEADER_SIZE", "NOTAG", "NOFID", "IOHDRSZ", "Qid", "is_request", "field_names", "Var",
+    "Message", "EncodeError", "REGISTRY", "BY_TYPE", "decode", "encode", "error_code", "encode_header", "frame_size", "peek_header",
+    "HEADER", "HEADER_SIZE", "StatRecord", "NOTAG", "NOFID", "IOHDRSZ", "Qid", "is_request", "field_names", "Var",
 ]

@@ -155,6 +155,7 @@ class _Mapped(Passthrough):
                 m.get("rdev", st.st_rdev))
 
     def _create_meta(self, dirfd, name, values, rmdir):
+        values = {k: v for k, v in values.items() if v != -1}  # -1: not given (a .u Tcreate's gid)
         pfd = os.open(name, H.O_PATH_NOFOLLOW, dir_fd=dirfd)
         try:
             self.store(pfd, Where(dirfd, name), values)

@@ -23,6 +23,13 @@ POSIX_CHECKS = (
     "bigdir_rm", "xattr_set_get", "xattr_list", "xattr_remove", "mkfifo", "statfs", "rm_r",
 )
 
+# The version=9p2000.u run (guest/posix_u.sh, same order): what Linux can do over 9P2000.u.
+POSIX_U_CHECKS = (
+    "workdir", "create_write", "read_md5", "read_4k_md5", "overwrite_middle", "append", "fsync",
+    "mkdir_nested", "rename_in_dir", "rename_dir_in_dir", "symlink", "hardlink", "chmod", "truncate",
+    "utimes", "mkfifo", "bigdir_create", "bigdir_readdir", "rm_r",
+)
+
 # fio jobs: every writing job verifies what it wrote (crc32c) before it ends.
 FIO_SMOKE = (
     ("seqwrite", "--rw=write --bs=1M --size=16M --verify=crc32c --end_fsync=1"),
@@ -58,6 +65,11 @@ class SuitePlan:
     stress_timeout_s: int
     wall_timeout_s: float
     scripts: tuple[str, ...] = field(default=("posix", "suites"))
+    version: str = "9p2000.L"  # the mount's version= (the server's spec names 9p2000.L)
+
+    def mount_opts(self, server_opts: str) -> str:
+        """The server's mount options with this plan's protocol version."""
+        return server_opts.replace("version=9p2000.L", f"version={self.version}")
 
     def run_conf(self, mount_opts: str) -> dict[str, str]:
         conf = {
@@ -78,6 +90,8 @@ class SuitePlan:
         names = list(BOOT_CHECKS)
         if "posix" in self.scripts:
             names += [f"posix.{c}" for c in POSIX_CHECKS]
+        if "posix_u" in self.scripts:
+            names += [f"posixu.{c}" for c in POSIX_U_CHECKS]
         if "suites" in self.scripts:
             names += [f"fio.{name}" for name, _ in self.fio_jobs]
             names += [f"stress.{s}" for s in self.stressors]
@@ -90,6 +104,11 @@ PLANS = {
     "full": SuitePlan("full", posix_data_mib=32, bigdir_n=3000, small_n=500, fio_jobs=FIO_FULL,
                       stressors=STRESS_FULL, stress_timeout_s=10, wall_timeout_s=3600),
 }
+
+
+# One boot of the 9P2000.u workload (xen9p only: diod serves 9P2000.L alone).
+PLAN_U = SuitePlan("u", posix_data_mib=2, bigdir_n=1000, small_n=0, fio_jobs=(), stressors=(),
+                   stress_timeout_s=0, wall_timeout_s=900, scripts=("posix_u",), version="9p2000.u")
 
 
 def selected_plan(env: dict[str, str] | None = None) -> SuitePlan:

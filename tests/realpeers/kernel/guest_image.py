@@ -17,7 +17,7 @@ from pathlib import Path
 from xen9p_common.errors import Xen9pError
 
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
-GUEST_FILES = ("init", "lib.sh", "posix.sh", "suites.sh")
+GUEST_FILES = ("init", "lib.sh", "posix.sh", "posix_u.sh", "suites.sh")
 # Top of the dependency graph; moddeps pulls in 9pnet, netfs, virtio_ring... in order.
 ROOT_MODULES = ("virtio_pci", "virtio_console", "9pnet_fd", "9pnet_virtio", "9p")
 TEST_UIDS = (65531, 65532, 65533)

@@ -74,7 +74,7 @@ def run_against(server: str, plan: SuitePlan, workdir: Path, image: GuestImage |
     t0 = time.monotonic()
     running = start_server(spec)
     server_start_s = time.monotonic() - t0
-    run_conf = plan.run_conf(spec.mount_opts)
+    run_conf = plan.run_conf(plan.mount_opts(spec.mount_opts))
     if os.environ.get("XEN9P_KERNEL_RELAY_DEBUG") == "1":
         run_conf["RELAY_DEBUG"] = "1"
     try:

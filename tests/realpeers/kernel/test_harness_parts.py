@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .catalog import PLANS, POSIX_CHECKS, selected_plan
+from .catalog import BOOT_CHECKS, PLAN_U, PLANS, POSIX_CHECKS, POSIX_U_CHECKS, selected_plan
 from .console import parse_console
 from .guest_image import GUEST_DIR, newc_archive, run_overlay
 
@@ -50,6 +50,14 @@ def test_catalog_matches_posix_script() -> None:
     in_script += re.findall(r"for n in ([\w ]+); do\s*\n\s*result SKIP posix", text)[0].split()
     assert sorted(set(in_script)) == sorted(POSIX_CHECKS)
     assert len(set(POSIX_CHECKS)) == len(POSIX_CHECKS)
+
+
+def test_catalog_matches_posix_u_script() -> None:
+    text = (GUEST_DIR / "posix_u.sh").read_text()
+    in_script = re.findall(r"^\s*(?:chk|must_fail) posixu\.(\w+)", text, re.M)
+    assert in_script == list(POSIX_U_CHECKS)
+    assert PLAN_U.expected_checks() == list(BOOT_CHECKS) + [f"posixu.{c}" for c in POSIX_U_CHECKS]
+    assert PLAN_U.mount_opts("version=9p2000.L,msize=512000") == "version=9p2000.u,msize=512000"
 
 
 @pytest.mark.parametrize("level", sorted(PLANS))

@@ -58,8 +58,14 @@ class SimFrontend(MisbehaviourMixin):
     """One 9pfs device of a simulated guest, from handshake to teardown (and reconnect).
 
     Collaborators may be passed in (a guest with several devices shares one SimDomainMemory);
-    whatever the frontend creates itself it also closes.
+    whatever the frontend creates itself it also closes. Other frontends (frontend_minios,
+    frontend_unikraft) change the class attributes and hooks below, not the handshake's order.
     """
+
+    INITIALISED_IN_TX = False          # Linux switches to Initialised after the ring transaction
+    FOLLOWS_BACKEND_CLOSE = True       # a backend Closing/Closed while connected makes us Closed
+    INITWAIT_FAIL_ON: frozenset = frozenset()  # backend states that fail the wait for InitWait
+    WHOLE_REPLIES_ONLY = False         # the transport fails on a reply published in pieces
 
     def __init__(self, sim_dir: str, domid: int, tag: str | None = None, devid: int | None = None, *,
                  memory: SimDomainMemory | None = None, xenstore: XenStore | None = None,
@@ -150,14 +156,21 @@ class SimFrontend(MisbehaviourMixin):
     # -- handshake ------------------------------------------------------------
 
     def _read_features(self) -> tuple[int, int]:
+        """(number of rings, ring order) this frontend picks from the backend's features."""
         versions = self.xs.read(f"{self.backend}/versions")
         if versions != "1":  # trans_xen.c insists on exactly "1"
             raise FrontendError(f"{self.name}: backend versions {versions!r}, want '1'")
-        max_rings = _read_uint(self.xs.read(f"{self.backend}/max-rings"))
+        max_rings = self._feature("max-rings")
         if max_rings < LINUX_NUM_RINGS:
             raise FrontendError(f"{self.name}: backend max-rings {max_rings} < {LINUX_NUM_RINGS}")
-        max_order = _read_uint(self.xs.read(f"{self.backend}/max-ring-page-order"))
-        return max_rings, min(max_order, LINUX_MAX_RING_ORDER)
+        return self.num_rings, min(self._feature("max-ring-page-order"), LINUX_MAX_RING_ORDER)
+
+    def _feature(self, key: str) -> int:
+        return _read_uint(self.xs.read(f"{self.backend}/{key}"))
+
+    def _maxsize(self, order: int) -> int:
+        """The largest message the transport carries (bounds the msize asked for)."""
+        return transport_maxsize(order)
 
     def _memory(self, rings: int, order: int) -> SimDomainMemory:
         if self._mem is None:
@@ -170,14 +183,14 @@ class SimFrontend(MisbehaviourMixin):
         if self.transport is not None and not self.transport.closed:
             return self.transport
         self.backend_closed.clear()
-        self.wait_backend({XenbusState.InitWait})
+        self.wait_backend({XenbusState.InitWait}, fail_on=self.INITWAIT_FAIL_ON)
         try:
-            _, order = self._read_features()
+            count, order = self._read_features()
             bad = self.misbehave
             written_order = order if bad.ring_order is None else bad.ring_order
             # Pages exist only up to what one intf page can name; a bigger written order lies.
             order = min(written_order, LINUX_MAX_RING_ORDER) if bad.ring_order is not None else order
-            count = self.num_rings if bad.num_rings is None else bad.num_rings
+            count = count if bad.num_rings is None else bad.num_rings
             real = max(0, min(count, 16))
             mem = self._memory(max(real, 1), order)
             if self.evtchn is None:
@@ -193,16 +206,23 @@ class SimFrontend(MisbehaviourMixin):
             except Xen9pError:
                 pass
             raise
-        self._switch(XenbusState.Initialised)
+        if self.INITIALISED_IN_TX:
+            self.state = XenbusState.Initialised
+        else:
+            self._switch(XenbusState.Initialised)
         st = self.wait_backend({XenbusState.Connected},
                                fail_on={XenbusState.Closing, XenbusState.Closed})
         assert st is XenbusState.Connected
         self._switch(XenbusState.Connected)
-        self.transport = RingTransport(self.rings, self.evtchn, transport_maxsize(order),
-                                       never_consume=self.misbehave.never_consume,
-                                       send_timeout=max(self.timeout, 30.0))
-        self._start_monitor()
+        self.transport = self._new_transport()
+        if self.FOLLOWS_BACKEND_CLOSE:
+            self._start_monitor()
         return self.transport
+
+    def _new_transport(self) -> RingTransport:
+        return RingTransport(self.rings, self.evtchn, self._maxsize(self.order),
+                             never_consume=self.misbehave.never_consume,
+                             send_timeout=max(self.timeout, 30.0), whole_replies_only=self.WHOLE_REPLIES_ONLY)
 
     def _write_rings(self, count: int) -> None:
         bad = self.misbehave
@@ -215,6 +235,8 @@ class SimFrontend(MisbehaviourMixin):
                 port = 0 if bad.evtchn_zero and i == 0 else ring.port
                 tx.write(f"{self.dir}/ring-ref{i}", str(ref))
                 tx.write(f"{self.dir}/event-channel-{i}", str(port))
+            if self.INITIALISED_IN_TX:
+                tx.write(f"{self.dir}/state", str(int(XenbusState.Initialised)))
 
         self.xs.transaction(body)
 
@@ -267,7 +289,8 @@ class SimFrontend(MisbehaviourMixin):
             if self.state not in (XenbusState.Closed, XenbusState.Initialising):
                 self._switch(XenbusState.Closing)
                 try:
-                    self.wait_backend({XenbusState.Closing, XenbusState.Closed})
+                    if not self.misbehave.hasty_close:
+                        self.wait_backend({XenbusState.Closing, XenbusState.Closed})
                 except FrontendError as e:
                     log.warning("%s: %s", self.name, e)
                 self._switch(XenbusState.Closed)

@@ -26,6 +26,7 @@ class Misbehave:
     ref_zero: bool = False           # ring-ref0 = 0
     evtchn_zero: bool = False        # event-channel-0 = 0
     never_consume: bool = False      # the transport never takes replies off the rings
+    hasty_close: bool = False        # unmount writes Closing and Closed back to back, waiting for nothing
 
 
 class MisbehaviourMixin:

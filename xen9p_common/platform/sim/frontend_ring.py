@@ -60,6 +60,15 @@ class GuestRing:
         self.fr: FrontendRing | None = FrontendRing(self.intf_view, self.data_view, order)
         self.port = evtchn.alloc_unbound(backend_id)
 
+    def reply_size_at_cons(self) -> int:
+        """The size field of the reply at in_cons (it may straddle the end of the in half)."""
+        size = self.fr.size
+        pos = self.fr.in_cons & (size - 1)
+        head = bytes(self.data_view[pos:min(pos + 4, size)])
+        if len(head) < 4:
+            head += bytes(self.data_view[0:4 - len(head)])
+        return int.from_bytes(head, "little")
+
     def reload(self) -> None:
         """Re-read our indexes from the page after a misbehaviour wrote them behind our back."""
         if self.fr is not None:

@@ -14,6 +14,7 @@ import time
 from ...client.errors import ConnectionClosed
 from ...client.transport import Transport
 from ...errors import RingError
+from ...ring import HEADER_SIZE
 from .evtchn import SimEventChannels
 from .frontend_ring import POLL, GuestRing
 
@@ -22,8 +23,12 @@ class RingTransport(Transport):
     """The 9P client's transport over the rings: ring = tag % num_rings, whole requests, whole replies."""
 
     def __init__(self, rings: list[GuestRing], evtchn: SimEventChannels, maxsize: int,
-                 *, never_consume: bool = False, send_timeout: float = 30.0) -> None:
+                 *, never_consume: bool = False, send_timeout: float = 30.0,
+                 whole_replies_only: bool = False) -> None:
         self.rings = rings
+        # A frontend that reads a reply's `size` bytes as soon as its header shows (Unikraft) reads
+        # garbage if the backend publishes a reply in pieces: with this set, such a ring breaks.
+        self.whole_replies_only = whole_replies_only
         self.evtchn = evtchn
         self.maxsize = maxsize
         self.never_consume = never_consume
@@ -73,6 +78,8 @@ class RingTransport(Transport):
         for ring in self.rings:
             got = False
             while True:
+                if self.whole_replies_only:
+                    _check_whole(ring)
                 reply = ring.fr.read_reply()
                 if reply is None:
                     break
@@ -137,3 +144,14 @@ class RingTransport(Transport):
                 pass
         self._wake_r = self._wake_w = -1
 
+
+
+def _check_whole(ring: GuestRing) -> None:
+    """RingError if a reply's header is visible but not the whole reply (it was published in pieces)."""
+    fr = ring.fr
+    avail = fr.replies_queued()
+    if avail < HEADER_SIZE:
+        return
+    size = ring.reply_size_at_cons()
+    if size > avail:
+        raise RingError(msg=f"reply of {size} bytes published with only {avail} queued")

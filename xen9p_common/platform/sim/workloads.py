@@ -16,12 +16,14 @@ from .workloads_fsstress import fsstress
 from .workloads_kit import Check, Progress, Summary, WorkloadFn
 from .workloads_files import copy, locks, smoke
 from .workloads_trees import make_source_tarball, readdir, untar
+from .workloads_unikraft import unikraft
 
 __all__ = ["WORKLOADS", "Check", "Progress", "Summary", "WorkloadFn", "copy", "fsstress", "locks",
-           "make_source_tarball", "readdir", "run_workload", "smoke", "untar"]
+           "make_source_tarball", "readdir", "run_workload", "smoke", "unikraft", "untar"]
 
 WORKLOADS: dict[str, WorkloadFn] = {
     "smoke": smoke, "fsstress": fsstress, "copy": copy, "untar": untar, "readdir": readdir, "locks": locks,
+    "unikraft": unikraft,  # Unikraft's own habits (legacy Tcreate/Tremove, full-ring replies); any .L mount
 }
 
 
