@@ -106,3 +106,43 @@ def test_reading_still_works(ro):
     assert len(c.ok(M.Treaddir, 1, 0, 4096).data) > 0
     c.ok(M.Txattrwalk, 0, 20, "")
     c.ok(M.Tstatfs, 0)
+
+
+def test_every_modifying_9p2000u_request_gets_erofs(tree):  # noqa: F811
+    from xen9p_common.p9.stat import STAT_DONT_TOUCH
+
+    from .test_server_u import UConn
+    export = tree
+    (export / "d").mkdir()
+    (export / "d" / "f").write_bytes(b"content")
+    before = _snapshot(str(export))
+    srv = Server(LocalBackend(str(export), "passthrough", readonly=True), pool_size=2)
+    c = UConn(srv)
+    try:
+        c.ok(M.Twalk, 0, 1, ("d",))
+        c.ok(M.Twalk, 0, 2, ("d", "f"))
+        attempts = [
+            (M.Tcreate, _fresh(c, 10, ("d",)), "new", 0o644, C.ORDWR, ""),
+            (M.Tcreate, _fresh(c, 11, ("d",)), "f", 0o644, C.OREAD, ""),      # exists: opened, read-only: EROFS
+            (M.Tcreate, _fresh(c, 12, ("d",)), "nd", C.DMDIR | 0o755, C.OREAD, ""),
+            (M.Tcreate, _fresh(c, 13, ("d",)), "sl", C.DMSYMLINK | 0o777, C.OREAD, "target"),
+            (M.Tcreate, _fresh(c, 14, ("d",)), "hl", C.DMLINK, C.OREAD, "2\n"),
+            (M.Tcreate, _fresh(c, 15, ("d",)), "p", C.DMNAMEDPIPE | 0o644, C.OREAD, ""),
+            (M.Topen, _fresh(c, 16, ("d", "f")), C.OWRITE),
+            (M.Topen, _fresh(c, 17, ("d", "f")), C.ORDWR),
+            (M.Topen, _fresh(c, 18, ("d", "f")), C.OREAD | C.OTRUNC),
+            (M.Topen, _fresh(c, 19, ("d", "f")), C.OREAD | C.ORCLOSE),
+            (M.Twstat, 2, STAT_DONT_TOUCH._replace(mode=0o600)),
+            (M.Twstat, 2, STAT_DONT_TOUCH._replace(length=1)),
+            (M.Twstat, 2, STAT_DONT_TOUCH._replace(mtime=1)),
+            (M.Twstat, 2, STAT_DONT_TOUCH._replace(name="g")),
+            (M.Tremove, _fresh(c, 20, ("d", "f"))),
+        ]
+        for cls, *args in attempts:
+            assert c.err(cls, *args) == errno.EROFS, f"{cls.__name__}{tuple(args)}"
+        c.ok(M.Topen, 2, C.OREAD)
+        assert c.ok(M.Tread, 2, 0, 100).data.tobytes() == b"content"
+    finally:
+        c.s.close()
+        srv.close()
+    assert _snapshot(str(export)) == before
