@@ -124,6 +124,7 @@ class RingSpec:
     export: str
     security_model: str
     supervisor: str          # zmq endpoint of the supervisor's worker ROUTER
+    max_ring_order: int = 9  # what the device advertised: a frontend's bigger ring_order closes it
 
     @property
     def name(self) -> str:

@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 from xen9p_common.control import DEFAULT_CONTROL, DEFAULT_METRICS, DEFAULT_WORKERS
 from xen9p_common.errors import ConfigError
 
+from . import policy
+
 ENV_PREFIX = "XEN9PD_"
 DEFAULT_CONFIG_FILE = "/etc/xen9p/xen9pd.toml"
 KINDS = ("9pfs", "xen_9pfs")
@@ -116,6 +118,16 @@ def _bool(v: Any) -> bool:
     raise ValueError("want true or false")
 
 
+def _exports(v: Any) -> tuple:
+    if isinstance(v, str):  # environment or command line: the list of tables as JSON
+        import json
+        try:
+            v = json.loads(v) if v.strip() else []
+        except json.JSONDecodeError as e:
+            raise ValueError(f"want a JSON list of tables here: {e}") from None
+    return policy.parse(v)
+
+
 def _endpoint(v: Any) -> str:
     s = str(v).strip()
     if "://" not in s:
@@ -171,6 +183,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("close_timeout", _float(0.1, 3600), 10.0, "seconds to wait for a frontend to reach Closed"),
     Option("metrics_interval", _float(0.05, 3600), 1.0, "seconds between metrics publications"),
     Option("hold_libxl_node", _bool, True, "hold libxl's xen-9pfs/state node when serving xen_9pfs"),
+    Option("export", _exports, (), "per-export policy: [[export]] tables (see policy.py; JSON list elsewhere)"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -205,6 +218,7 @@ class Config:
     close_timeout: float = 10.0
     metrics_interval: float = 1.0
     hold_libxl_node: bool = True
+    export: tuple = ()
     config_file: str | None = field(default=None, compare=False)
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # key -> where it came from
 

@@ -18,15 +18,16 @@ from xen9p_common.platform import Transaction, XenStore
 from xen9p_common.xenbus import (Action, DeviceState, Event, XenbusState, backend_event, frontend_event,
                                  parse_state, transition)
 
+from . import policy
 from .config import Config
 from .devstate import DeviceStateFactory, Limits, StateHandle
 from .export_dir import ExportError, ensure_export
+from .policy import SECURITY_MODELS
 from .restart import RestartPolicy
 from .workers import CpuAllocator, Launcher, Ring, RingSet, SpawnError
 
 log = logging.getLogger("xen9pd")
 
-SECURITY_MODELS = ("none", "passthrough", "mapped-xattr", "mapped", "mapped-file")
 TRANSPORT_VERSION = "1"
 _U32_MAX = 0xFFFFFFFF
 _seq = itertools.count(1)
@@ -219,18 +220,27 @@ class Device:
         model = (xs.read(self.be + "/security_model") or "none").strip()
         if model not in SECURITY_MODELS:
             raise DeviceFailure(f"security_model {model[:40]!r} is not one of {', '.join(SECURITY_MODELS)}")
-
-        def opt(key: str, hi: int = 1 << 31) -> int:
-            raw = xs.read(f"{self.be}/{key}")
-            return 0 if raw is None or raw.strip() == "" else parse_uint(raw, key, 0, hi)
-
-        max_open = opt("max-open-files")
-        self.limits = Limits(max_fids=cfg.max_fids, max_open_files=max_open or cfg.max_open_files,
-                             max_space_mb=opt("max-space"), max_files=opt("max-files"),
-                             auto_delete=bool(opt("auto-delete", 1)))
-        self.export, self.security_model = path, model
         tag = xs.read(self.fe + "/tag") or ""
         self.tag = "".join(c for c in tag[:64] if c.isprintable())
+
+        def opt(key: str, hi: int = 1 << 31) -> int | None:
+            raw = xs.read(f"{self.be}/{key}")
+            return None if raw is None or raw.strip() == "" else parse_uint(raw, key, 0, hi)
+
+        # The operator's [[export]] tables: read-only, the model, defaults for keys the toolstack left out.
+        pol = policy.resolve(cfg.export, self.domid, (xs.read(f"/local/domain/{self.domid}/name") or "").strip(),
+                             self.tag, path)
+        model = pol.security_model or model
+        auto_delete = opt("auto-delete", 1)
+        self.limits = Limits(max_fids=cfg.max_fids,
+                             max_open_files=opt("max-open-files") or pol.max_open_files or cfg.max_open_files,
+                             max_space_mb=_first(opt("max-space"), pol.max_space),
+                             max_files=_first(opt("max-files"), pol.max_files),
+                             auto_delete=not pol.readonly and bool(_first(auto_delete, pol.auto_delete)),
+                             readonly=pol.readonly)
+        self.export, self.security_model = path, model
+        if pol != policy.Resolved():
+            self.info("export policy: %s", ", ".join(f"{k}={v}" for k, v in vars(pol).items() if v is not None))
 
     def _write_state(self, st: XenbusState) -> None:
         def tx(t: Transaction) -> bool:
@@ -298,7 +308,7 @@ class Device:
             return
         cfg = self.ctx.cfg
         specs = [RingSpec(self.domid, self.devid, i, self.refs[i], self.ports[i], self.state_name, self.export,
-                          self.security_model, cfg.workers) for i in range(self.num_rings)]
+                          self.security_model, cfg.workers, self.adv_max_order) for i in range(self.num_rings)]
         policy = RestartPolicy(cfg.startsecs, cfg.startretries, cfg.backoff_initial, cfg.backoff_max)
         self.rings = RingSet(specs, launcher=self.ctx.launcher, cpus=self.ctx.cpus, policy=policy,
                              heartbeat_timeout=cfg.heartbeat_timeout, ready_timeout=cfg.ready_timeout,
@@ -378,9 +388,15 @@ class Device:
         return {
             "name": self.name, "kind": self.kind, "domid": self.domid, "devid": self.devid, "tag": self.tag,
             "path": self.export, "security_model": self.security_model, "state": str(self.state),
+            "readonly": bool(self.limits and self.limits.readonly),
             "backend_state": self.last_written.name if self.last_written is not None else None,
             "num_rings": self.num_rings if self.rings else 0, "rings": rings,
             "uptime": round(now - self.connected_at, 3) if self.connected_at else None,
             "restarts": self.restarts(), "error": self.fail_reason,
             "limits": vars(self.limits).copy() if self.limits else None,
         }
+
+
+def _first(*values):
+    """The first value that is not None (0 when none is)."""
+    return next((v for v in values if v is not None), 0)

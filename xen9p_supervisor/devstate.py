@@ -26,6 +26,7 @@ class Limits:
     max_space_mb: int = 0        # max-space, MiB
     max_files: int = 0           # max-files
     auto_delete: bool = False    # auto-delete
+    readonly: bool = False       # xen9pd's [[export]] policy: EROFS to every modifying request
 
 
 class StateHandle(Protocol):
@@ -69,7 +70,8 @@ class ShmStateFactory:
                       max_space_mb=limits.max_space_mb, export=export, security_model=security_model,
                       msize_cap=msize_cap, num_rings=num_rings)
         # max-files and auto-delete are passed when the state knows them (older states do not).
-        for k, v in (("max_files", limits.max_files), ("auto_delete", limits.auto_delete)):
+        for k, v in (("max_files", limits.max_files), ("auto_delete", limits.auto_delete),
+                     ("readonly", limits.readonly)):
             if _accepts(self.cls.create, k):
                 kwargs[k] = v
         try:

@@ -59,7 +59,7 @@ class Launcher:
         args += ["--domid", str(spec.domid), "--devid", str(spec.devid), "--ring", str(spec.ring),
                  "--ring-ref", str(spec.ring_ref), "--evtchn", str(spec.evtchn), "--state", spec.state_name,
                  "--export", spec.export, "--security-model", spec.security_model,
-                 "--supervisor", spec.supervisor]
+                 "--supervisor", spec.supervisor, "--max-ring-order", str(spec.max_ring_order)]
         if self.spin_us is not None:
             args += ["--spin-us", f"{self.spin_us:g}"]
         return args

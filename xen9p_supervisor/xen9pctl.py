@@ -82,9 +82,11 @@ def status_table(st: dict) -> str:
 
 
 def devices_table(devs: list[dict]) -> str:
-    return table([[d["name"], d["kind"], d["tag"], d["path"], d["security_model"], d["state"], d["backend_state"],
+    return table([[d["name"], d["kind"], d["tag"], d["path"], "ro" if d.get("readonly") else "rw",
+                   d["security_model"], d["state"], d["backend_state"],
                    d["num_rings"], _fmt_uptime(d["uptime"]), d["restarts"]] for d in devs],
-                 ["DEVICE", "KIND", "TAG", "PATH", "MODEL", "STATE", "BACKEND", "RINGS", "UPTIME", "RESTARTS"])
+                 ["DEVICE", "KIND", "TAG", "PATH", "ACCESS", "MODEL", "STATE", "BACKEND", "RINGS", "UPTIME",
+                  "RESTARTS"])
 
 
 def rings_table(rings: list[dict]) -> str:

@@ -34,6 +34,7 @@ def add_core_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-fids", type=int, default=None)
     p.add_argument("--max-open-files", type=int, default=None)
     p.add_argument("--max-space", type=int, default=None, help="MiB the export may hold")
+    p.add_argument("--readonly", action="store_true", help="EROFS to every modifying request")
     p.add_argument("--log-level", default="warning",
                    choices=["debug", "info", "warning", "error", "critical"])
 
@@ -69,7 +70,7 @@ def build_server(args) -> Server:
     raise_fd_limit()
     limits = Limits(args.max_fids, args.max_open_files,
                     args.max_space * (1 << 20) if args.max_space is not None else None)
-    backend = LocalBackend(args.export, args.security_model)
+    backend = LocalBackend(args.export, args.security_model, readonly=args.readonly)
     return Server(backend, msize_cap=args.msize_cap, pool_size=args.threads, limits=limits)
 
 

@@ -1,6 +1,7 @@
 """The state one device's ring workers share, in POSIX shared memory created by the supervisor.
 
-Fid table, session (msize, version), per-ring journals of requests in flight, lock table, counters.
+Fid table, session (msize, version), per-ring journals of requests in flight, lock table, counters,
+qid.path numbering (so every ring, and a restarted worker, numbers an inode alike).
 
 Segment: /dev/shm/<name> (the same object multiprocessing.shared_memory.SharedMemory(name)
 opens on Linux). It is opened directly, without multiprocessing's resource tracker: in
@@ -26,6 +27,7 @@ from .shared.journal import RingJournal
 from .shared.mutex import RING_CLAIM_BYTE, ShmMutex, ofd_lock
 from .shared.shm_fids import ShmFidTable
 from .shared.shm_locks import ShmLockTable
+from .shared.shm_qids import ShmQidStore
 
 SHM_DIR = "/dev/shm"
 # Per-ring counters kept in the ring header (written by that ring's worker only).
@@ -98,7 +100,8 @@ class DeviceState:
         u32 = lambda off: L.U32.unpack_from(self.buf, off)[0]  # noqa: E731
         self.layout = L.Layout(max_fids=u32(L.H_MAX_FIDS), num_rings=u32(L.H_NUM_RINGS),
                                xattr_slots=u32(L.H_XATTR_SLOTS), lock_slots=u32(L.H_LOCK_SLOTS),
-                               journal_slots=u32(L.H_JOURNAL_SLOTS))
+                               journal_slots=u32(L.H_JOURNAL_SLOTS), qid_devs=u32(L.H_QID_DEVS),
+                               qid_overflow=u32(L.H_QID_OVERFLOW))
         if self.layout.total > len(self.buf):
             self._release()
             raise DeviceStateError(f"{name}: segment of {len(self.buf)} bytes is smaller than its layout")
@@ -109,6 +112,7 @@ class DeviceState:
         self.max_space_mb = L.U64.unpack_from(self.buf, L.H_MAX_SPACE_MB)[0]
         self.max_files = u32(L.H_MAX_FILES)
         self.auto_delete = bool(self.buf[L.H_AUTO_DELETE])
+        self.readonly = bool(self.buf[L.H_READONLY])
         self.security_model = L.get_str(self.buf, L.H_SECURITY).decode()
         self.export = os.fsdecode(L.get_str(self.buf, L.H_EXPORT, wide=True))
         self.fids = ShmFidTable(self.buf, self.layout, None)  # type: ignore[arg-type]
@@ -116,6 +120,8 @@ class DeviceState:
         self.fids._mu = self.mutex
         self.lock_mutex = ShmMutex(fd, self.buf, L.H_LOCK_SEQ, byte=RING_CLAIM_BYTE - 1)
         self.locks = ShmLockTable(self.buf, self.layout, self.lock_mutex)
+        self.qid_mutex = ShmMutex(fd, self.buf, L.H_QID_SEQ, byte=RING_CLAIM_BYTE - 2)
+        self.qids = ShmQidStore(self.buf, self.layout, self.qid_mutex)
         self.session = SessionState(self)
         self._journals: dict[int, RingJournal] = {}
 
@@ -125,13 +131,15 @@ class DeviceState:
     def create(cls, name: str, *, max_fids: int, max_open_files: int, max_space_mb: int,
                export: str, security_model: str, msize_cap: int, num_rings: int,
                xattr_slots: int = 16, lock_slots: int = 1024, journal_slots: int = 256,
-               max_files: int = 0, auto_delete: bool = False) -> "DeviceState":
+               max_files: int = 0, auto_delete: bool = False, readonly: bool = False, qid_devs: int = 1024,
+               qid_overflow: int = 16384) -> "DeviceState":
         """Make a fresh segment; FileExistsError if the name is taken."""
         _check_name(name)
         if not 1 <= num_rings <= 64 or max_fids < 1 or journal_slots < 1:
             raise ValueError("num_rings must be 1..64, max_fids and journal_slots >= 1")
         lay = L.Layout(max_fids=max_fids, num_rings=num_rings, xattr_slots=xattr_slots,
-                       lock_slots=lock_slots, journal_slots=journal_slots)
+                       lock_slots=lock_slots, journal_slots=journal_slots, qid_devs=qid_devs,
+                       qid_overflow=qid_overflow)
         path = os.path.join(SHM_DIR, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -143,10 +151,12 @@ class DeviceState:
                              (L.H_NUM_RINGS, num_rings), (L.H_MSIZE_CAP, msize_cap),
                              (L.H_MAX_OPEN, max_open_files), (L.H_XATTR_SLOTS, xattr_slots),
                              (L.H_LOCK_SLOTS, lock_slots), (L.H_JOURNAL_SLOTS, journal_slots),
-                             (L.H_BUCKETS, lay.buckets), (L.H_MAX_FILES, max_files)):
+                             (L.H_BUCKETS, lay.buckets), (L.H_MAX_FILES, max_files),
+                             (L.H_QID_DEVS, qid_devs), (L.H_QID_OVERFLOW, qid_overflow)):
                 L.U32.pack_into(buf, off, val)
             L.U64.pack_into(buf, L.H_MAX_SPACE_MB, max_space_mb)
             buf[L.H_AUTO_DELETE] = 1 if auto_delete else 0
+            buf[L.H_READONLY] = 1 if readonly else 0
             L.put_str(buf, L.H_SECURITY, security_model.encode(), 64)
             L.put_str(buf, L.H_EXPORT, os.fsencode(export), L.HEADER_SIZE - L.H_EXPORT, wide=True)
             buf[0:8] = L.MAGIC
@@ -194,6 +204,7 @@ class DeviceState:
         for j in self._journals.values():
             j._buf = None  # type: ignore[assignment]
         self.fids._buf = self.mutex._buf = self.lock_mutex._buf = None  # type: ignore[assignment]
+        self.qids._buf = self.qid_mutex._buf = None  # type: ignore[assignment]
         self.locks._buf = self.session._buf = None  # type: ignore[assignment]
         self._release()
 

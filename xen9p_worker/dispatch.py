@@ -22,7 +22,7 @@ from xen9p_common.p9 import messages as M
 from xen9p_common.p9 import constants as C
 
 from . import handlers, handlers_u
-from .fdcache import FdCache
+from .fdcache import FdBudget, FdCache
 from .fids import FidTable, LocalFidTable
 from .locks import LocalLockTable, LockTable
 from .pool import WorkerPool
@@ -68,6 +68,7 @@ class Server:
         self.fid_table_factory = fid_table_factory or (lambda n: LocalFidTable(n))
         self.inline = handlers.INLINE if inline_ops is None else inline_ops
         self.fd_cache_size = fd_cache_size
+        self.fd_budget = FdBudget()  # every session's fds against this process's RLIMIT_NOFILE
         self.quota = None  # made on first use by quota.quota_for(): one per process
 
     def session(self, fids: FidTable | None = None, locks: LockTable | None = None,
@@ -121,7 +122,7 @@ class Session:
         self.locks = locks
         self.fids = fids
         self.state = state
-        self.fds = FdCache(server.fd_cache_size)
+        self.fds = FdCache(server.fd_cache_size, budget=server.fd_budget, on_reclaim=fids.mark_reclaimed)
         self.lock_keys: dict[int, tuple] = {}  # fid -> lock-table key of files it locked through
         self._mu = threading.Lock()
         self._inflight: dict[int, Request] = {}

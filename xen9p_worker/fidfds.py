@@ -31,10 +31,38 @@ def open_slot(s, fid: int, e: FidEntry):
                 return fd
         pfd = s.backend.walk(e.path)
         try:
-            return reopen(pfd, flags)
+            st = os.fstat(pfd)
+            if e.qid is not None and s.backend.qidmap.path(st.st_dev, st.st_ino) != e.qid.path:
+                # Its fd was reclaimed (fdcache) and the name now names another file.
+                raise OSError(errno.ESTALE, "the open file's name now names another file")
+            return reopen(pfd, flags, st)
         finally:
             os.close(pfd)
     return s.fds.acquire((fid, e.generation, ROLE_OPEN), opener, evictable=False)
+
+
+def pin_open_files(s, rel: bytes) -> None:
+    """Before the name `rel` goes (unlink, rename over it): every fid open on that file gets an fd
+    in this process that is never reclaimed, and this process becomes its holder.
+
+    Only needed once some fd of an open fid was reclaimed under host fd pressure: until then each
+    open fid's holder keeps its fd, and an unlinked file's fd is never reclaimed.
+    """
+    if not s.fids.reclaimed():
+        return
+    for fid, e in s.fids.open_files_at(rel):
+        try:
+            slot = open_slot(s, fid, e)
+        except OSError:
+            continue  # gone already, or not that file any more: nothing to keep
+        try:
+            s.fds.pin((fid, e.generation, ROLE_OPEN))
+            if e.holder_pid != s.pid or e.holder_fd != slot.fd:
+                s.fids.update(fid, e.copy(holder_pid=s.pid, holder_fd=slot.fd))
+        except OSError:
+            pass  # clunked meanwhile
+        finally:
+            s.fds.release(slot)
 
 
 def _from_holder(s, e: FidEntry, flags: int) -> int:

@@ -94,6 +94,18 @@ class FidTable(abc.ABC):
     def count_open(self) -> int:
         """How many fids are open files or directories (for the max-open-files limit)."""
 
+    @abc.abstractmethod
+    def open_files_at(self, path: bytes) -> list[tuple[int, FidEntry]]:
+        """Fids open on the regular file at path (whose fds must survive the name going)."""
+
+    @abc.abstractmethod
+    def mark_reclaimed(self) -> None:
+        """Some process closed an open fid's fd under host fd pressure (fdcache)."""
+
+    @abc.abstractmethod
+    def reclaimed(self) -> bool:
+        """Whether mark_reclaimed() ever ran: only then can a name going leave an open fid without an fd."""
+
 
 class LocalFidTable(FidTable):
     """The in-process table: a dict under a lock."""
@@ -104,6 +116,7 @@ class LocalFidTable(FidTable):
         self._lock = threading.Lock()
         self._gen = itertools.count(1)
         self._open = 0  # kept in step with _d so the open-files limit check is O(1)
+        self._reclaimed = False
 
     def get(self, fid: int) -> FidEntry:
         # dict.get is atomic under the GIL: the hot path takes no lock.
@@ -162,3 +175,13 @@ class LocalFidTable(FidTable):
 
     def count_open(self) -> int:
         return self._open
+
+    def open_files_at(self, path: bytes) -> list[tuple[int, FidEntry]]:
+        with self._lock:
+            return [(f, e) for f, e in self._d.items() if e.kind == FID_FILE and e.path == path]
+
+    def mark_reclaimed(self) -> None:
+        self._reclaimed = True
+
+    def reclaimed(self) -> bool:
+        return self._reclaimed

@@ -11,8 +11,9 @@ from xen9p_common.p9 import messages as M
 from xen9p_common.p9 import constants as C
 
 from .backend.local import join
-from .fidfds import any_slot, fs, path_entry, path_slot, release
+from .fidfds import any_slot, fs, path_entry, path_slot, pin_open_files, release
 from .fids import FID_PATH, FID_XATTR_READ, FID_XATTR_WRITE, FidEntry
+from .hostlocks import open_for_locks
 from .locks import INF
 from .quota import quota_for
 
@@ -79,6 +80,7 @@ def t_link(s, m, req):
 
 
 def _rename(s, odirfd, odir: bytes, oname: bytes, ndirfd, ndir: bytes, nname: bytes) -> None:
+    pin_open_files(s, join(ndir, nname))  # a file renamed over loses its name
     s.backend.rename(odirfd, oname, ndirfd, nname)
     s.fids.rename_subtree(join(odir, oname), join(ndir, nname))
 
@@ -108,7 +110,11 @@ def t_renameat(s, m, req):
 def t_unlinkat(s, m, req):
     name = fs(m.name)
     isdir = bool(m.flags & C.AT_REMOVEDIR)
-    _in_dir(s, m.dirfid, lambda dirfd, e: s.backend.unlink(dirfd, name, isdir))
+    def go(dirfd, e):
+        if not isdir:
+            pin_open_files(s, join(e.path, name))
+        s.backend.unlink(dirfd, name, isdir)
+    _in_dir(s, m.dirfid, go)
     return M.Runlinkat(m.tag)
 
 
@@ -124,6 +130,8 @@ def remove_entry(s, fid: int, e: FidEntry) -> None:
     head, _, name = e.path.rpartition(b"/")
     pfd = s.backend.walk(head)
     try:
+        if not isdir:
+            pin_open_files(s, e.path)
         s.backend.unlink(pfd, name, isdir)
     finally:
         os.close(pfd)
@@ -168,6 +176,7 @@ def t_xattrcreate(s, m, req):
     name = fs(m.name)
     if not name:
         raise OSError(errno.EINVAL, "empty xattr name")
+    s.backend.check_writable()              # a read-only export refuses now, not at clunk
     s.backend.model.xattr_name(name, True)  # refuse reserved names now, not at clunk
     s.fids.update(m.fid, e.copy(kind=FID_XATTR_WRITE, xattr_name=name, xattr_size=m.attr_size,
                                 xattr_flags=m.flags, xattr_value=b""))
@@ -207,6 +216,17 @@ def _lock_key(s, fid: int, e: FidEntry) -> tuple:
     return (st.st_dev, st.st_ino)
 
 
+def _lock_opener(s, fid: int, e: FidEntry):
+    """Opens a new fd on the fid's file, for a lock table that holds its locks on the host too."""
+    def opener() -> int:
+        slot = any_slot(s, fid, e)
+        try:
+            return open_for_locks(slot.fd)
+        finally:
+            s.fds.release(slot)
+    return opener
+
+
 def t_lock(s, m, req):
     e = s.fids.get(m.fid)
     if m.type not in (C.LOCK_TYPE_RDLCK, C.LOCK_TYPE_WRLCK, C.LOCK_TYPE_UNLCK):
@@ -216,10 +236,13 @@ def t_lock(s, m, req):
     if m.type != C.LOCK_TYPE_UNLCK:
         s.lock_keys[m.fid] = key
     if m.type == C.LOCK_TYPE_UNLCK or not m.flags & C.LOCK_FLAGS_BLOCK:
-        ok = s.locks.lock(key, owner, m.type, m.start, m.length, m.fid)
+        # An unlock needs no new host OFD: if the keeper has none, the device holds nothing there.
+        opener = None if m.type == C.LOCK_TYPE_UNLCK else _lock_opener(s, m.fid, e)
+        ok = s.locks.lock(key, owner, m.type, m.start, m.length, m.fid, opener=opener)
         return M.Rlock(m.tag, C.LOCK_SUCCESS if ok else C.LOCK_BLOCKED)
     w = s.locks.lock_or_wait(key, owner, m.type, m.start, m.length, m.fid,
-                             lambda ok: s.finish(req, M.Rlock(m.tag, C.LOCK_SUCCESS)))
+                             lambda ok: s.finish(req, M.Rlock(m.tag, C.LOCK_SUCCESS)),
+                             opener=_lock_opener(s, m.fid, e))
     if w is None:
         return M.Rlock(m.tag, C.LOCK_SUCCESS)
     return s.park(req, lambda: s.locks.cancel(w))
@@ -228,7 +251,7 @@ def t_lock(s, m, req):
 def t_getlock(s, m, req):
     e = s.fids.get(m.fid)
     key = _lock_key(s, m.fid, e)
-    lk = s.locks.test(key, (m.client_id, m.proc_id), m.type, m.start, m.length)
+    lk = s.locks.test(key, (m.client_id, m.proc_id), m.type, m.start, m.length, opener=_lock_opener(s, m.fid, e))
     if lk is None:
         return M.Rgetlock(m.tag, C.LOCK_TYPE_UNLCK, m.start, m.length, m.proc_id, m.client_id)
     length = 0 if lk.end >= INF else lk.end - lk.start

@@ -24,6 +24,8 @@ from .quota import quota_for
 
 
 def t_open(s, m, req):
+    if m.mode & C.ORCLOSE:
+        s.backend.check_writable()  # the clunk removes the file: refused on a read-only export now
     r = t_lopen(s, M.Tlopen(m.tag, m.fid, omode_lflags(m.mode & ~C.OEXCL)), req)
     if m.mode & C.ORCLOSE:
         s.fids.update(m.fid, s.fids.get(m.fid).copy(rclose=True))

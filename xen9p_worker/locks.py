@@ -14,6 +14,7 @@ from xen9p_common.p9.constants import LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK, LOCK_TYP
 
 INF = 1 << 64  # exclusive end of a lock that runs to EOF
 Owner = tuple  # (client_id: str, proc_id: int)
+Opener = Callable[[], int] | None
 
 
 @dataclass(slots=True)
@@ -44,16 +45,21 @@ class LockTable(abc.ABC):
     """Interface of the lock table; a shared-memory version can replace LocalLockTable."""
 
     @abc.abstractmethod
-    def test(self, key: Hashable, owner: Owner, type_: int, start: int, length: int) -> Lock | None:
-        """The first lock that would conflict with this request, or None."""
+    def test(self, key: Hashable, owner: Owner, type_: int, start: int, length: int,
+             opener: Opener = None) -> Lock | None:
+        """The first lock that would conflict with this request, or None.
+
+        `opener` (here and below) opens a new fd on the file, for a table that also holds
+        its locks on the host (ShmLockTable with hostlocks); others ignore it."""
 
     @abc.abstractmethod
-    def lock(self, key: Hashable, owner: Owner, type_: int, start: int, length: int, fid: int) -> bool:
+    def lock(self, key: Hashable, owner: Owner, type_: int, start: int, length: int, fid: int,
+             opener: Opener = None) -> bool:
         """Set/unlock without waiting; False if another owner's lock conflicts."""
 
     @abc.abstractmethod
     def lock_or_wait(self, key, owner, type_, start, length, fid,
-                     callback: Callable[[bool], None]) -> Waiter | None:
+                     callback: Callable[[bool], None], opener: Opener = None) -> Waiter | None:
         """Set the lock now (returns None) or queue a Waiter granted later via callback."""
 
     @abc.abstractmethod
@@ -107,6 +113,20 @@ def apply_lock(locks: list, owner, type_: int, s: int, e: int) -> list | None:
     return out
 
 
+def coverage(locks: list, s: int, e: int) -> list[tuple[int, int, int]]:
+    """[s, e) cut where `locks` change: (start, end, strongest type held there, LOCK_TYPE_UNLCK if none)."""
+    cuts = sorted({s, e} | {x for lk in locks for x in (lk.start, lk.end) if s < x < e})
+    out: list[tuple[int, int, int]] = []
+    for a, b in zip(cuts, cuts[1:]):
+        held = [lk.type for lk in locks if lk.start < b and a < lk.end]
+        t = (LOCK_TYPE_WRLCK if LOCK_TYPE_WRLCK in held else LOCK_TYPE_RDLCK if held else LOCK_TYPE_UNLCK)
+        if out and out[-1][2] == t and out[-1][1] == a:
+            out[-1] = (out[-1][0], b, t)
+        else:
+            out.append((a, b, t))
+    return out
+
+
 class LocalLockTable(LockTable):
     def __init__(self) -> None:
         self._mu = threading.Lock()
@@ -114,7 +134,7 @@ class LocalLockTable(LockTable):
         self._fids: dict[tuple, set[int]] = {}  # (key, owner) -> fids that locked
         self._waiters: dict[Hashable, list[Waiter]] = {}
 
-    def test(self, key, owner, type_, start, length):
+    def test(self, key, owner, type_, start, length, opener=None):
         s, e = lock_range(start, length)
         with self._mu:
             for lk in self._locks.get(key, ()):
@@ -122,7 +142,7 @@ class LocalLockTable(LockTable):
                     return Lock(lk.start, lk.end, lk.type, lk.owner)
         return None
 
-    def lock(self, key, owner, type_, start, length, fid):
+    def lock(self, key, owner, type_, start, length, fid, opener=None):
         s, e = lock_range(start, length)
         with self._mu:
             ok = self._try_locked(key, owner, type_, s, e, fid)
@@ -130,7 +150,7 @@ class LocalLockTable(LockTable):
         _notify(granted)
         return ok
 
-    def lock_or_wait(self, key, owner, type_, start, length, fid, callback):
+    def lock_or_wait(self, key, owner, type_, start, length, fid, callback, opener=None):
         s, e = lock_range(start, length)
         with self._mu:
             if self._try_locked(key, owner, type_, s, e, fid):

@@ -60,7 +60,7 @@ def _server(args, ds):
         raise WorkerExit(EXIT_USAGE, f"--export {args.export!r} differs from the device state's {ds.export!r}")
     limits = Limits(ds.max_fids, ds.max_open_files or None,
                     ds.max_space_mb * (1 << 20) if ds.max_space_mb else None)
-    backend = LocalBackend(args.export, args.security_model)
+    backend = LocalBackend(args.export, args.security_model, qid_store=ds.qids, readonly=ds.readonly)
     # Tread may start on the loop: the ring worker's alloc never waits there (BlockingIOError
     # sends it to the pool), and t_read serves only page-cached data inline (RWF_NOWAIT).
     return Server(backend, msize_cap=ds.msize_cap or 512 * 1024 + 24, pool_size=args.threads, limits=limits,
@@ -106,6 +106,8 @@ def main(argv=None) -> int:
             point, _, n = spec.partition(":")
             fault = (point, int(n or 1))
         server = _server(args, ds)
+        from .hostlocks import HostLocks
+        ds.locks.host = HostLocks(ds.name, supervisor_pid=os.getppid())  # the guest's locks held on the host too
         session = server.session(fids=ds.fids, locks=ds.locks, state=ds.session)
         worker = RingWorker(domid=args.domid, devid=args.devid, ring=args.ring, ring_ref=args.ring_ref,
                             evtchn_port=args.evtchn, grants=platform.grants(), evtchn=platform.evtchn(),

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", choices=["ring"])
     for opt in ("platform", "sim-dir", "state", "export", "security-model", "supervisor"):
         ap.add_argument("--" + opt)
-    for opt in ("domid", "devid", "ring", "ring-ref", "evtchn"):
+    for opt in ("domid", "devid", "ring", "ring-ref", "evtchn", "max-ring-order"):
         ap.add_argument("--" + opt, type=int, required=True)
     ap.add_argument("--spin-us", type=float)  # the real worker's command line, accepted and unused
     a = ap.parse_args(argv)

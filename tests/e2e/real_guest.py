@@ -74,14 +74,14 @@ class RealGuest:
     """One attached device, its simulated frontend and (after mount()) its 9P client."""
 
     def __init__(self, world: World, domid: int, *, tag: str = "share", model: str = "passthrough",
-                 limits: dict | None = None, misbehave: Misbehave | None = None) -> None:
+                 limits: dict | None = None, misbehave: Misbehave | None = None, devid: int = 0) -> None:
         self.world = world
         self.xs = world.xs
-        self.domid = domid
-        self.name = f"dom{domid}/dev0"
-        self.export = os.path.join(world.dir, f"export{domid}")
+        self.domid, self.devid = domid, devid
+        self.name = f"dom{domid}/dev{devid}"
+        self.export = os.path.join(world.dir, f"export{domid}" + (f"-{devid}" if devid else ""))
         os.makedirs(self.export, exist_ok=True)
-        self.be, self.fe_dir = attach_device(self.xs, domid=domid, path=self.export, tag=tag,
+        self.be, self.fe_dir = attach_device(self.xs, domid=domid, devid=devid, path=self.export, tag=tag,
                                              security_model=model, limits=limits)
         self.fe = SimFrontend(world.dir, domid, tag, misbehave=misbehave, timeout=10)
         self.client: Client | None = None
@@ -116,15 +116,17 @@ class RealGuest:
         self.root.rmdir(name)
         return not os.path.exists(os.path.join(self.export, name))
 
-    def close(self) -> None:
+    def close(self, destroy: bool = True) -> None:
+        """Unmount and detach; destroy=False leaves the domain (and its other devices) alone."""
         if self.client is not None:
             self.client.close()
         self.fe.close()
         try:
-            toolstack.detach(self.xs, domid=self.domid, timeout=10)
+            toolstack.detach(self.xs, domid=self.domid, devid=self.devid, timeout=10)
         except Exception:  # noqa: BLE001 - already gone
             pass
-        destroy_domain(self.xs, self.domid)
+        if destroy:
+            destroy_domain(self.xs, self.domid)
 
 
 class Load:

@@ -229,3 +229,24 @@ def test_guest_cannot_touch_another_guests_nodes_or_grants(world):
     finally:
         a.close()
         b.close()
+
+
+def test_ring_order_above_the_configured_maximum_closes_the_device():
+    """max_ring_order = 4 is advertised and enforced: a frontend writing order 6 is closed, naming both."""
+    w = World("mro", max_ring_order=4)
+    try:
+        ok = RealGuest(w, 41).mount()
+        assert ok.fe.order == 4 and ok.works()
+        g = _bad(w, 42, misbehave=Misbehave(ring_order=6))
+        try:
+            with pytest.raises(FrontendError):
+                g.fe.connect()
+            g.wait_closed()
+            log = w.daemon.wait_log("ring_order 6 above the maximum 4")
+            assert any("dom42/dev0" in ln for ln in log.splitlines() if "ring_order 6" in ln)
+        finally:
+            g.close()
+        assert ok.works("after"), "the good guest stopped working"
+        ok.close()
+    finally:
+        w.close()

@@ -183,6 +183,26 @@ def test_sd_notify_ready_status_stopping_and_sighup_reload(sim):
     assert "STOPPING=1" in msgs
 
 
+def test_sd_notify_watchdog_pings(sim):
+    """WATCHDOG_USEC set by systemd: WATCHDOG=1 datagrams on NOTIFY_SOCKET, again and again."""
+    import socket
+    tmp, xs = sim
+    path = f"{tmp}/notify-wd.sock"
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(path)
+    ns.settimeout(10)
+    d = Xen9pd(tmp, tmp, extra_env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    try:
+        pings = 0
+        while pings < 3:
+            msg = ns.recv(4096).decode()
+            pings += msg.split("\n").count("WATCHDOG=1")
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
+        ns.close()
+
+
 def test_backend_dirs_of_destroyed_domains_are_removed(sim, daemon):
     """Findings F9 (real Xen): `xl destroy` removes /local/domain/<id> and the backends of kinds libxl
     knows, not xen_9pfs; xen9pd removes what is left once the domain is gone, and only then."""

@@ -24,7 +24,8 @@ def test_limits_reach_the_device(world):
     g = RealGuest(world, 9, limits={"max-open-files": 3, "max-files": 7, "max-space": 2, "auto-delete": 1})
     try:
         assert world.daemon.device("dom9/dev0")["limits"] == {
-            "max_fids": 16384, "max_open_files": 3, "max_files": 7, "max_space_mb": 2, "auto_delete": True}
+            "max_fids": 16384, "max_open_files": 3, "max_files": 7, "max_space_mb": 2, "auto_delete": True,
+            "readonly": False}
     finally:
         g.close()
 

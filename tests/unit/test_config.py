@@ -93,10 +93,11 @@ def test_worker_spin_reaches_the_worker_command_line():
     from xen9p_supervisor.workers import Launcher
     cfg = config.build({"worker_spin_us": "0"}, {})
     assert cfg.worker_spin_us == 0.0 and config.build({}, {}).worker_spin_us == 30.0
-    spec = type("Spec", (), dict(domid=1, devid=0, ring=0, ring_ref=8, evtchn=9, state_name="s", export="/e",
-                                 security_model="none", supervisor="ipc://x"))()
+    from xen9p_common.control import RingSpec
+    spec = RingSpec(1, 0, 0, 8, 9, "s", "/e", "none", "ipc://x", max_ring_order=5)
     argv = Launcher(("python3", "-m", "xen9p_worker"), "sim", "/tmp/x", cfg.worker_spin_us).argv(spec)
     assert argv[argv.index("--spin-us") + 1] == "0"
+    assert argv[argv.index("--max-ring-order") + 1] == "5"
     with pytest.raises(ConfigError) as e:
         config.build({"worker_spin_us": "-1"}, {})
     assert e.value.key == "worker_spin_us"

@@ -128,3 +128,58 @@ def test_fdcache_never_evicts_open_files():
         c.release(c.acquire(k, lambda: os.open("/", os.O_PATH)))
     assert all(c.peek(("open", i)) == fds[i] for i in range(3))
     c.clear()
+
+
+def test_fdcache_reclaims_least_recently_used_linked_files_only(tmp_path):
+    from xen9p_worker.fdcache import FdBudget
+    reclaims = []
+    c = FdCache(budget=FdBudget(limit=16), on_reclaim=lambda: reclaims.append(1))
+    files = [tmp_path / f"f{i}" for i in range(12)]
+    for f in files:
+        f.write_text("x")
+    special = {"gone": os.open(files[0], os.O_RDONLY), "pinned": os.open(files[1], os.O_RDONLY),
+               "dir": os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)}
+    for k, fd in special.items():
+        c.put(k, fd)
+    os.unlink(files[0])
+    c.pin("pinned")
+    for i in range(2, 12):
+        c.put(("open", i), os.open(files[i], os.O_RDONLY))
+    busy = c.acquire(("open", 2), lambda: -1)  # in use by a request: kept
+    for i in range(20):
+        c.release(c.acquire(("path", i), lambda: os.open("/", os.O_PATH)))
+    assert c.budget.held <= 16 and reclaims
+    assert all(c.peek(k) == fd for k, fd in special.items())
+    assert c.peek(("open", 2)) == busy.fd and c.peek(("open", 3)) == -1  # the oldest idle one went
+    c.release(busy)
+    c.clear()
+    assert c.budget.held == 0
+
+
+def test_fdcache_reclaims_and_retries_when_an_open_hits_emfile(tmp_path):
+    from xen9p_worker.fdcache import FdBudget
+    c = FdCache(budget=FdBudget(limit=1000))
+    (tmp_path / "f").write_text("x")
+    c.put("old", os.open(tmp_path / "f", os.O_RDONLY))  # an open file's fd, least recently used
+    calls = []
+
+    def opener():
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.EMFILE, "full")
+        return os.open(tmp_path, os.O_PATH)
+
+    slot = c.acquire("new", opener)
+    assert len(calls) == 2 and c.peek("old") == -1
+    c.release(slot)
+    c.clear()
+
+
+def test_open_files_at_and_the_reclaimed_mark():
+    t = LocalFidTable()
+    t.add(1, entry(b"a/f"))
+    t.add(2, entry(b"a/f"))
+    t.update(2, t.get(2).copy(kind=FID_FILE))
+    assert [f for f, _ in t.open_files_at(b"a/f")] == [2] and not t.reclaimed()
+    t.mark_reclaimed()
+    assert t.reclaimed()

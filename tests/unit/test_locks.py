@@ -104,3 +104,12 @@ def test_lock_or_wait_grants_at_once_without_conflict():
     t = LocalLockTable()
     assert t.lock_or_wait(K, A, WR, 0, 0, 1, lambda ok: None) is None
     assert ranges(t) == [(0, INF, WR, A)]
+
+
+def test_coverage_is_the_strongest_lock_at_each_byte():
+    from xen9p_worker.locks import Lock, coverage
+    rd, wr, un = RD, WR, UN
+    locks = [Lock(0, 10, rd, ("a", 1)), Lock(5, 15, rd, ("b", 1)), Lock(20, 30, wr, ("c", 1))]
+    assert coverage(locks, 0, 40) == [(0, 15, rd), (15, 20, un), (20, 30, wr), (30, 40, un)]
+    assert coverage(locks, 12, 25) == [(12, 15, rd), (15, 20, un), (20, 25, wr)]
+    assert coverage([], 3, 4) == [(3, 4, un)]

@@ -144,3 +144,29 @@ def test_writer_killed_mid_update_does_not_wedge(pair):
     b.fids.add(2, entry(b"after"))
     assert a.fids.get(2).path == b"after"
     assert not a.mutex.read_seq() & 1
+
+
+def test_open_files_at_and_the_reclaimed_mark_are_device_wide():
+    import uuid
+
+    from xen9p_common.p9 import Qid
+    from xen9p_worker.device_state import DeviceState
+    from xen9p_worker.fids import FID_FILE, FID_PATH, FidEntry
+    name = f"xen9p-test-{uuid.uuid4().hex[:12]}"
+    ds = DeviceState.create(name, max_fids=8, max_open_files=0, max_space_mb=0, export="/tmp",
+                            security_model="none", msize_cap=8192, num_rings=2)
+    other = DeviceState.attach(name)
+    try:
+        q = Qid(0, 0, 1)
+        ds.fids.add(1, FidEntry(FID_PATH, b"d/f", q, 0))
+        ds.fids.add(2, FidEntry(FID_FILE, b"d/f", q, 0, holder_pid=7, holder_fd=9))
+        ds.fids.add(3, FidEntry(FID_FILE, b"d/g", q, 0))
+        got = other.fids.open_files_at(b"d/f")
+        assert [(f, e.holder_pid, e.holder_fd) for f, e in got] == [(2, 7, 9)]
+        assert not other.fids.reclaimed()
+        ds.fids.mark_reclaimed()
+        assert other.fids.reclaimed()
+    finally:
+        other.close()
+        ds.close()
+        ds.unlink()

@@ -46,12 +46,13 @@ def host_open_flags(lflags: int, create: bool = False) -> int:
 class LocalBackend:
     """One export directory served under one security model."""
 
-    def __init__(self, export: str, model="passthrough") -> None:
+    def __init__(self, export: str, model="passthrough", qid_store=None, readonly: bool = False) -> None:
         self.model = make_model(model) if isinstance(model, str) else model
+        self.readonly = readonly
         self.root_fd = os.open(export, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(self.root_fd)
         self.root_dev = st.st_dev
-        self.qidmap = QidPathMap(st.st_dev)
+        self.qidmap = QidPathMap(st.st_dev, qid_store)  # None: numbered in this process
         try:
             self.blksize = os.statvfs(H.proc(self.root_fd)).f_bsize or 4096
         except OSError:
@@ -61,6 +62,13 @@ class LocalBackend:
 
     def close(self) -> None:
         H.close_quietly(self.root_fd)
+
+    def check_writable(self) -> None:
+        """A read-only export (xen9pd's policy) refuses every change: every modifying call below starts
+        here, so each request of either 9P dialect that reaches the host gets EROFS, and the security
+        models write none of their metadata either."""
+        if self.readonly:
+            raise OSError(errno.EROFS, "read-only export")
 
     # -- names and walking --------------------------------------------------
 
@@ -128,6 +136,7 @@ class LocalBackend:
     def setattr(self, fd: int, rel: bytes, valid: int, mode: int, uid: int, gid: int, size: int,
                 atime: tuple[int, int], mtime: tuple[int, int]) -> None:
         """Tsetattr in QEMU's order: mode, times, owner, size; fd may be O_PATH or open."""
+        self.check_writable()
         st = os.fstat(fd)
         with self.where(rel) as where:
             if valid & C.SETATTR_MODE:
@@ -163,21 +172,28 @@ class LocalBackend:
     # -- open and create ----------------------------------------------------
 
     def open(self, pfd: int, lflags: int) -> int:
-        return H.reopen(pfd, host_open_flags(lflags))
+        flags = host_open_flags(lflags)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            self.check_writable()
+        return H.reopen(pfd, flags)
 
     def create(self, dirfd, name, lflags, mode, uid, gid) -> int:
+        self.check_writable()
         return self.model.create(dirfd, self.check_new_name(name), host_open_flags(lflags, True),
                                  mode, uid, gid)
 
     def mkdir(self, dirfd, name, mode, uid, gid) -> None:
+        self.check_writable()
         self.model.mkdir(dirfd, self.check_new_name(name), mode, uid, gid)
 
     def mknod(self, dirfd, name, mode, rdev, uid, gid) -> None:
+        self.check_writable()
         if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
             raise OSError(errno.EINVAL, "bad mknod type")
         self.model.mknod(dirfd, self.check_new_name(name), mode, rdev, uid, gid)
 
     def symlink(self, dirfd, name, target: bytes, uid, gid) -> None:
+        self.check_writable()
         if b"\0" in target:
             raise OSError(errno.EINVAL, "NUL in symlink target")
         self.model.symlink(dirfd, self.check_new_name(name), target, uid, gid)
@@ -187,6 +203,7 @@ class LocalBackend:
         return self.model.readlink(pfd, st, mode)
 
     def link(self, target_pfd: int, dirfd: int, name: bytes) -> None:
+        self.check_writable()
         st = os.fstat(target_pfd)
         if stat.S_ISDIR(st.st_mode):
             raise OSError(errno.EPERM, "hard link to a directory")
@@ -196,6 +213,7 @@ class LocalBackend:
     # -- namespace changes --------------------------------------------------
 
     def rename(self, odirfd, oname, ndirfd, nname) -> None:
+        self.check_writable()
         for n in (oname, nname):
             self.check_name(n)
             if n in (b".", b".."):
@@ -204,6 +222,7 @@ class LocalBackend:
         self.model.renamed(odirfd, oname, ndirfd, nname)
 
     def unlink(self, dirfd: int, name: bytes, isdir: bool) -> None:
+        self.check_writable()
         self.check_name(name)
         if name == b".":
             raise OSError(errno.EINVAL, "cannot remove .")
@@ -240,9 +259,11 @@ class LocalBackend:
         return b"".join(m.xattr_guest_name(n) + b"\0" for n in names if m.xattr_visible(n))
 
     def xattr_set(self, fd: int, name: bytes, value: bytes, flags: int) -> None:
+        self.check_writable()
         H.setxattr(fd, self.model.xattr_name(name, True), value, flags)
 
     def xattr_remove(self, fd: int, name: bytes) -> None:
+        self.check_writable()
         H.removexattr(fd, self.model.xattr_name(name, True))
 
 

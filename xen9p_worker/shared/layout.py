@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"XEN9PDS1"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: the qid.path numbering section (shm_qids)
 HEADER_SIZE = 8192
 
 # Header fields (byte offsets).
@@ -25,6 +25,7 @@ H_JOURNAL_SLOTS = 44   # u32
 H_BUCKETS = 48         # u32
 H_MAX_FILES = 52       # u32 (max-files from the toolstack; informational)
 H_AUTO_DELETE = 56     # u8
+H_READONLY = 57        # u8: EROFS to every modifying request (xen9pd's export policy)
 H_SECURITY = 64        # u8 len + 63 bytes
 H_FID_SEQ = 256        # u64 seqlock word of the fid table (and the session)
 H_FID_NEXTGEN = 264    # u64
@@ -38,6 +39,10 @@ H_SESSION_EPOCH = 328  # u64 bumped by every Tversion
 H_VERSION = 336        # u8 len + 31 bytes
 H_LOCK_SEQ = 384       # u64 seqlock word of the lock table
 H_LOCK_GEN = 392       # u64 bumped by every change (waiters in other processes retry)
+H_QID_SEQ = 400        # u64 word of the qid numbering mutex (never odd: entries are written whole)
+H_QID_DEVS = 408       # u32 st_dev entries (prefixes) in the qid section
+H_QID_OVERFLOW = 412   # u32 (st_dev, ino) entries of the qid overflow map
+H_FDS_RECLAIMED = 416  # u8: some worker closed an open fid's fd under fd pressure (fdcache)
 H_COUNTERS = 512       # 64 x u64 device counters
 N_COUNTERS = 64
 H_EXPORT = 4096        # u16 len + up to 4094 bytes
@@ -52,6 +57,8 @@ XATTR_BLOB_SIZE = 16 + XATTR_MAX
 LOCK_REC_SIZE = 128
 JOURNAL_REC_SIZE = 512
 RING_HEADER_SIZE = 256
+QID_DEV_SIZE = 8          # u64 st_dev + 1 (0: free)
+QID_OVERFLOW_SIZE = 16    # u64 st_dev + 1 (0: free), u64 ino
 
 
 def _pow2_at_least(n: int) -> int:
@@ -68,6 +75,8 @@ class Layout:
     xattr_slots: int
     lock_slots: int
     journal_slots: int
+    qid_devs: int = 1024
+    qid_overflow: int = 16384
 
     @property
     def buckets(self) -> int:
@@ -105,8 +114,16 @@ class Layout:
         return self.rings_off + ring * self.ring_area
 
     @property
-    def total(self) -> int:
+    def qid_devs_off(self) -> int:
         return _align(self.rings_off + self.ring_area * self.num_rings)
+
+    @property
+    def qid_overflow_off(self) -> int:
+        return self.qid_devs_off + QID_DEV_SIZE * self.qid_devs
+
+    @property
+    def total(self) -> int:
+        return _align(self.qid_overflow_off + QID_OVERFLOW_SIZE * self.qid_overflow)
 
 
 def _align(n: int, a: int = 4096) -> int:

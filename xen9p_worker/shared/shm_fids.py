@@ -109,6 +109,25 @@ class ShmFidTable(FidTable):
     def count_open(self) -> int:
         return _U32.unpack_from(self._buf, L.H_FID_OPEN)[0]
 
+    def open_files_at(self, path: bytes) -> list[tuple[int, FidEntry]]:
+        def scan():
+            out = []
+            for idx in range(self._hwm()):
+                off = self._slot_off(idx)
+                if not self._buf[off + S_USED] or self._buf[off + 13] != FID_FILE:
+                    continue
+                plen = struct.unpack_from("<H", self._buf, off + 32)[0]
+                if bytes(self._buf[off + S_PATH:off + S_PATH + plen]) == path:
+                    out.append((_U32.unpack_from(self._buf, off + S_FID)[0], self._decode_at(idx)))
+            return out
+        return self._mu.read(scan)
+
+    def mark_reclaimed(self) -> None:
+        self._buf[L.H_FDS_RECLAIMED] = 1
+
+    def reclaimed(self) -> bool:
+        return bool(self._buf[L.H_FDS_RECLAIMED])
+
     def epoch(self) -> int:
         """Moves on every remove/clear: a cue for other processes to drop stale fds."""
         return _U64.unpack_from(self._buf, L.H_FID_EPOCH)[0]

@@ -1,6 +1,8 @@
 """POSIX byte-range locks in the device's shared memory: locks.LockTable for every ring worker at once.
 
 Same semantics as LocalLockTable; waiters are per process and retried when any process changes the table.
+With `host` set (ring workers: a hostlocks.HostLocks), every granted range is also held on the host
+file, and a host holder's conflicting lock blocks a request like another owner's.
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import struct
 import threading
 from typing import Callable, Hashable
 
-from xen9p_common.p9.constants import LOCK_TYPE_RDLCK, LOCK_TYPE_WRLCK
+from xen9p_common.p9.constants import LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK, LOCK_TYPE_WRLCK
 
+from ..hostlocks import HostLocks, apply_coverage, ofd_set, ofd_test
 from ..locks import Lock, LockTable, Waiter, _conflicts, apply_lock, lock_range
 from . import layout as L
 from .mutex import ShmMutex
@@ -23,6 +26,7 @@ _CLIENT_OFF = 48
 K_FREE, K_LOCK, K_MARK = 0, 1, 2
 _INF_STORED = (1 << 64) - 1  # stands for locks.INF (1 << 64) which does not fit a u64
 _RETRY_INTERVAL = 0.005
+_HOST_RETRY_EVERY = 10  # poller rounds between retries for a host holder (no table change tells of its unlock)
 
 
 def key_digest(key: Hashable) -> bytes:
@@ -44,6 +48,7 @@ class ShmLockTable(LockTable):
         self._wmu = threading.Lock()
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
+        self.host: HostLocks | None = None
 
     # -- record access (mutex held) -----------------------------------------------------
 
@@ -105,43 +110,64 @@ class ShmLockTable(LockTable):
         # Owners are stored as (client_id[:63], proc_id): compare in that form everywhere.
         return (str(owner[0]).encode()[:63].decode("utf-8", "replace"), int(owner[1]) & 0xFFFFFFFF)
 
-    def _try(self, kd: bytes, owner, type_: int, s: int, e: int, fid: int) -> bool:
+    def _try(self, kd: bytes, owner, type_: int, s: int, e: int, fid: int, hfd: int | None) -> bool:
         locks, marks, used = self._load(kd)
         out = apply_lock(locks, owner, type_, s, e)
         if out is None:
             return False
+        # No other owner of the device holds [s, e) against this: the host OFD takes type_ there
+        # unless someone outside the device does.
+        if hfd is not None and type_ != LOCK_TYPE_UNLCK and not ofd_set(hfd, type_, s, e):
+            return False
         if type_ in (LOCK_TYPE_RDLCK, LOCK_TYPE_WRLCK) and (owner, fid) not in marks:
             marks.append((owner, fid))
-        self._store(kd, out, marks, used)
+        try:
+            self._store(kd, out, marks, used)
+        except BaseException:
+            if hfd is not None:
+                apply_coverage(hfd, locks, s, e)
+            raise
+        if hfd is not None and type_ == LOCK_TYPE_UNLCK:
+            apply_coverage(hfd, out, s, e)
         return True
+
+    def _host_fd(self, kd: bytes, opener) -> int | None:
+        return self.host.fd(kd, opener) if self.host is not None else None
 
     # -- LockTable ----------------------------------------------------------------------
 
-    def test(self, key, owner, type_, start, length):
+    def test(self, key, owner, type_, start, length, opener=None):
         owner = self._norm(owner)
         s, e = lock_range(start, length)
         kd = key_digest(key)
+        hfd = self._host_fd(kd, opener)
         with self._mu:
             for lk in self._load(kd)[0]:
                 if _conflicts(lk, type_, s, e, owner):
                     return lk
-        return None
+            if hfd is None or type_ == LOCK_TYPE_UNLCK:
+                return None
+            return ofd_test(hfd, type_, s, e)
 
-    def lock(self, key, owner, type_, start, length, fid):
+    def lock(self, key, owner, type_, start, length, fid, opener=None):
         owner = self._norm(owner)
         s, e = lock_range(start, length)
+        kd = key_digest(key)
+        hfd = self._host_fd(kd, opener)
         with self._mu:
-            ok = self._try(key_digest(key), owner, type_, s, e, fid)
+            ok = self._try(kd, owner, type_, s, e, fid, hfd)
         if ok:
             self._wake()
         return ok
 
     def lock_or_wait(self, key, owner, type_, start, length, fid,
-                     callback: Callable[[bool], None]) -> Waiter | None:
+                     callback: Callable[[bool], None], opener=None) -> Waiter | None:
         owner = self._norm(owner)
         s, e = lock_range(start, length)
+        kd = key_digest(key)
+        hfd = self._host_fd(kd, opener)
         with self._mu:
-            if self._try(key_digest(key), owner, type_, s, e, fid):
+            if self._try(kd, owner, type_, s, e, fid, hfd):
                 w = None
             else:
                 w = Waiter(key, owner, type_, s, e, fid, callback)
@@ -163,14 +189,19 @@ class ShmLockTable(LockTable):
 
     def release_fid(self, key, fid):
         kd = key_digest(key)
+        hfd = self._host_fd(kd, None)
         with self._mu:
             locks, marks, used = self._load(kd)
             owners = {o for o, f in marks if f == fid}
             if not owners:
                 return
+            gone = [lk for lk in locks if lk.owner in owners]
             locks = [lk for lk in locks if lk.owner not in owners]
             marks = [(o, f) for o, f in marks if o not in owners]
             self._store(kd, locks, marks, used)
+            if hfd is not None:
+                for lk in gone:
+                    apply_coverage(hfd, locks, lk.start, lk.end)
         self._wake()
 
     def locks(self, key):
@@ -188,12 +219,16 @@ class ShmLockTable(LockTable):
                 L.U64.pack_into(self._buf, L.H_LOCK_GEN, gen + 1)
             finally:
                 self._mu.write_end()
+            if self.host is not None:
+                self.host.unlock_all()
         self._wake()
 
     def close(self) -> None:
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=1.0)
+        if self.host is not None:
+            self.host.close()
 
     # -- waiters ------------------------------------------------------------------------
 
@@ -203,11 +238,13 @@ class ShmLockTable(LockTable):
             pending = [w for w in self._waiters if not w.done]
         granted = []
         for w in pending:
+            kd = key_digest(w.key)
+            hfd = self._host_fd(kd, None)
             with self._mu:
                 with self._wmu:
                     if w.done:
                         continue
-                if self._try(key_digest(w.key), w.owner, w.type, w.start, w.end, w.fid):
+                if self._try(kd, w.owner, w.type, w.start, w.end, w.fid, hfd):
                     with self._wmu:
                         w.done = True
                         if w in self._waiters:
@@ -227,13 +264,15 @@ class ShmLockTable(LockTable):
         # Another process's unlock does not reach our waiters any other way; Tlock waits
         # are rare and long, so a short poll of one shared counter is cheap enough.
         last = None
+        rounds = 0
         while not self._stop.is_set():
             with self._wmu:
                 if not self._waiters:
                     self._poller = None
                     return
             gen = L.U64.unpack_from(self._buf, L.H_LOCK_GEN)[0]
-            if gen != last:
+            rounds += 1
+            if gen != last or (self.host is not None and rounds % _HOST_RETRY_EVERY == 0):
                 last = gen
                 self._wake()
             self._stop.wait(_RETRY_INTERVAL)
