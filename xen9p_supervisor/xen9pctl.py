@@ -14,6 +14,7 @@ from typing import Any
 import zmq
 
 from xen9p_common import control
+from xen9p_common.version import version
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 69
 
@@ -116,7 +117,7 @@ CHANGING_COMMANDS = ("attach", "detach", "restart-ring", "reload")
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xen9pctl", description="Query and steer a running xen9pd.",
                                  epilog="Exit codes: 0 ok, 1 refused, 2 usage, 69 xen9pd not running.")
-    ap.add_argument("--version", action="version", version="xen9pctl 0.1.0")
+    ap.add_argument("--version", action="version", version=f"xen9pctl {version()}")
     ap.add_argument("--control", default=os.environ.get("XEN9PD_CONTROL", control.DEFAULT_CONTROL),
                     help=f"xen9pd control endpoint (default {control.DEFAULT_CONTROL}; env XEN9PD_CONTROL)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")

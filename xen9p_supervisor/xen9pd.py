@@ -12,13 +12,13 @@ import os
 import signal
 import sys
 import time
-from importlib import metadata
 
 import zmq
 
 from xen9p_common import control
 from xen9p_common.errors import ConfigError, Xen9pError, XenStoreError
 from xen9p_common.platform import XenStore, open_platform
+from xen9p_common.version import version
 
 from . import config as configmod
 from .control_server import CommandError, ControlServer, bind_private
@@ -35,13 +35,6 @@ log = logging.getLogger("xen9pd")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
 MAX_POLL = 0.5  # seconds; timers are checked at least this often
-
-
-def version() -> str:
-    try:
-        return metadata.version("xen9p")
-    except metadata.PackageNotFoundError:
-        return "0.1.0"
 
 
 def setup_logging(level: str) -> None:
