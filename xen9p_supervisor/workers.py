@@ -100,6 +100,7 @@ class Ring:
     stats: dict = field(default_factory=dict)
     started_at: float | None = None       # wall clock of the current process, for uptime
     fatal_reason: str | None = None
+    adopted: bool = False                 # the live process was started by a previous xen9pd (older code?)
 
     @property
     def name(self) -> str:
@@ -142,6 +143,7 @@ class RingSet:
     def _spawn(self, r: Ring, first: bool) -> None:
         now = self.clock()
         r.proc = self.launcher.spawn(r.spec, r.cpu)
+        r.adopted = False
         r.kill_cause, r.kill_at = None, None
         r.last_seen = now
         r.started_at = time.time()
@@ -155,7 +157,7 @@ class RingSet:
     def adopt(self, r: Ring, proc, cpu: int | None, started_at: float | None) -> None:
         """Take over a live worker a previous xen9pd started (proc: adopt.AdoptedProcess); it is RUNNING."""
         now = self.clock()
-        r.proc, r.cpu, r.started_at = proc, cpu, started_at
+        r.proc, r.cpu, r.started_at, r.adopted = proc, cpu, started_at, True
         r.kill_cause, r.kill_at, r.stats = None, None, {}
         r.last_seen = now  # it reconnects to our socket; silence past heartbeat_timeout = a hung worker
         r.restarter.adopted(now)

@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("log-level", help="set the daemon's log level")
     p.add_argument("level", choices=["debug", "info", "warning", "error"])
     sub.add_parser("reload", help="re-read the configuration")
+    p = sub.add_parser("upgrade", help="move ring workers started by a previous xen9pd onto the installed code, "
+                                       "one ring at a time (guests keep working)")
+    p.add_argument("--all", action="store_true", help="replace every ring's worker, not only adopted ones")
+    p.add_argument("--ring-timeout", type=float, default=60.0,
+                   help="seconds one ring may take to serve again before the upgrade stops (default 60)")
     p = sub.add_parser("attach", help="write a 9pfs device's xenstore nodes like libxl (running or paused domU)")
     p.add_argument("--domid", type=int, required=True)
     p.add_argument("--devid", type=int, default=0)
@@ -181,6 +186,26 @@ def _request(cmd: str, ns: argparse.Namespace) -> tuple[str, dict]:
     return cmd, {}
 
 
+def _upgrade(client: "Client", ns: argparse.Namespace) -> int:
+    from .rolling_upgrade import UpgradeFailed, plan, upgrade
+    try:
+        client.timeout = max(client.timeout, CHANGE_TIMEOUT)
+        status = client.call("status", {})
+        rings = plan(status.get("result") or {}, ns.all)
+        if not rings:
+            print("xen9pctl: upgrade: no ring to replace (every worker runs this daemon's code; --all to force)")
+            return EXIT_OK
+        n = upgrade(client.call, rings, ns.ring_timeout, sys.stdout)
+    except Unavailable as e:
+        print(f"xen9pctl: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except UpgradeFailed as e:
+        print(f"xen9pctl: upgrade stopped: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"xen9pctl: upgrade: {n} ring worker(s) replaced")
+    return EXIT_OK
+
+
 def _render(cmd: str, result: Any) -> str:
     if cmd in ("status", "top"):
         return status_table(result)
@@ -205,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if timeout is None:
         timeout = CHANGE_TIMEOUT if ns.cmd in CHANGING_COMMANDS else QUERY_TIMEOUT
     client = Client(ns.control, timeout)
+    if ns.cmd == "upgrade":
+        return _upgrade(client, ns)
     cmd, args = _request(ns.cmd, ns)
     repeat = ns.cmd == "top" or (ns.cmd == "metrics" and ns.watch)
     rounds = 0

@@ -12,12 +12,14 @@ import os
 import re
 import signal
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
 
 from tests.e2e.real_guest import DEADLINE, Load, RealGuest, World, ring
-from tests.e2e.xen9pd_helpers import wait_for
+from tests.e2e.xen9pd_helpers import ROOT, env_for_children, wait_for
 from xen9p_common.client import ClientError
 from xen9p_common.xenbus import XenbusState
 
@@ -238,3 +240,87 @@ def test_stale_backend_whose_export_went_away_fails_closed_and_others_are_adopte
     finally:
         a.close()
         b.close()
+
+
+def test_second_daemon_while_the_first_serves_exits_69_and_adopts_nothing(world):
+    g = RealGuest(world, 13).mount()
+    try:
+        assert g.works()
+        pids = _ring_pids(world.daemon, g.name)
+        r = subprocess.run([sys.executable, "-m", "xen9p_supervisor.xen9pd", "--config", world.daemon.config_path],
+                           capture_output=True, text=True, cwd=ROOT, env=env_for_children(), timeout=60)
+        assert r.returncode == 69, r.stderr
+        assert "another xen9pd already answers" in r.stderr
+        assert _ring_pids(world.daemon, g.name) == pids
+        assert g.works("still") and not g.fe.backend_closed.is_set()
+    finally:
+        g.close()
+
+
+def _build2(world) -> str:
+    """A second build of the worker code in its own directory, and a worker command that runs it."""
+    import shutil
+
+    import xen9p_common
+    import xen9p_worker
+    build = os.path.join(world.dir, "build2")
+    for pkg in (xen9p_worker, xen9p_common):
+        src = os.path.dirname(pkg.__file__)
+        shutil.copytree(src, os.path.join(build, os.path.basename(src)),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    code = (f"import sys, runpy; sys.path.insert(0, {build!r}); "
+            "runpy.run_module('xen9p_worker', run_name='__main__', alter_sys=True)")
+    return f"{sys.executable} -c \"{code}\""
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def test_restart_then_rolling_upgrade_to_another_build_is_invisible_to_guests():
+    """Package upgrade: restart (workers adopted, old code), then `xen9pctl upgrade` moves each ring onto
+    the new build one at a time under a verified workload."""
+    from tests.e2e.real_guest import xen9pctl
+    world = World("dru", on_sigterm="keep-serving")
+    guests = [RealGuest(world, 40 + i, tag=f"u{i}").mount() for i in range(2)]
+    loads = [Load(g.client, g.root, threads=2, burst=16, files=2).start() for g in guests]
+    try:
+        for ld in loads:
+            ld.wait_ops(100, "workload under way")
+        old = {g.name: _ring_pids(world.daemon, g.name) for g in guests}
+        assert world.daemon.stop(signal.SIGTERM) == 0
+        new = world.start_daemon(on_sigterm="auto", worker_cmd=_build2(world))
+        for g in guests:
+            _wait(new, lambda g=g: _serving(new, g.name), f"{g.name} adopted")
+        assert all(r["adopted"] for g in guests for r in new.device(g.name)["rings"])
+        for ld in loads:
+            ld.reset_latency()
+        r = xen9pctl(new, "upgrade", timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr + new.logs()[-3000:]
+        names = [f"{g.name}/ring{i}" for g in guests for i in range(2)]
+        assert [ln.split()[1].rstrip(":") for ln in r.stdout.splitlines() if ln.startswith("[")] == names
+        # One ring at a time: each restart is requested only after the previous ring serves again.
+        log = new.logs()
+        for prev, nxt in zip(names, names[1:]):
+            assert log.index(f"{prev}: worker pid") < log.index(f"{nxt}: restart requested by the operator")
+        for g in guests:
+            for name, pid in _ring_pids(new, g.name).items():
+                assert pid != old[g.name][name] and "build2" in _cmdline(pid), name
+            assert not any(r["adopted"] for r in new.device(g.name)["rings"])
+        for ld in loads:
+            ld.wait_ops(100, "workload progressing on the new build")
+        latency = max(ld.max_latency for ld in loads)
+        for ld, g in zip(loads, guests):
+            _finish(ld, [g])
+            assert ld.verify_files(g.export) > 0
+            assert not g.fe.backend_closed.is_set() and g.be_state() == XenbusState.Connected
+        assert xen9pctl(new, "upgrade").stdout.startswith("xen9pctl: upgrade: no ring to replace")
+        print(f"\n[upgrade] {len(names)} rings replaced one at a time; longest guest request latency during the "
+              f"upgrade {latency * 1000:.1f} ms")
+    finally:
+        for ld in loads:
+            ld._stop.set()
+        for g in guests:
+            g.close()
+        world.close()
