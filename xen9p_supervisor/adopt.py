@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import select
 import signal
 import subprocess
@@ -252,27 +251,35 @@ class Adopter:
             if not old:
                 raise AdoptRefused("no live worker of it is left and there is no device state to resume from")
             return old, self.factory.create(segment_name(dev.domid, dev.devid))
-        candidates = self._segments(dev.domid, dev.devid)
-        # A segment the live workers name wins; otherwise the newest one (a dead daemon left one per device).
-        candidates.sort(key=lambda n: n not in named_by_workers)
-        if not candidates:
-            raise AdoptRefused("its device state segment is gone")
-        old = candidates[0]
-        found, ours = layout(old)
-        if found is None:
-            raise AdoptRefused(f"{old} is not a xen9p device state")
-        if found != ours:
-            raise AdoptRefused(f"its device state {old} has layout version {found}, and this xen9pd reads only "
-                               f"layout {ours}: a different xen9p version wrote it. Closing the device instead "
-                               "(the guest reconnects with a fresh session)")
-        try:
-            handle = self.factory.attach(old)
-        except (OSError, Xen9pError) as e:
-            raise AdoptRefused(f"cannot attach {old}: {e}") from e
-        if os.path.realpath(handle.export) != os.path.realpath(dev.export) or handle.num_rings != dev.num_rings:
+        # The segment the live workers name wins; then the newest. One that is for another export
+        # (another xen9pd's on a shared /dev/shm, e.g. tests) is passed over.
+        candidates = sorted(self._segments(dev.domid, dev.devid), key=lambda n: n not in named_by_workers)
+        why = "its device state segment is gone"
+        for old in candidates:
+            found, ours = layout(old)
+            if found is None:
+                continue
+            if found != ours:
+                why = (f"its device state {old} has layout version {found}, and this xen9pd reads only layout "
+                       f"{ours}: a different xen9p version wrote it. Closing the device instead (the guest "
+                       "reconnects with a fresh session)")
+                if old in named_by_workers:
+                    break
+                continue
+            try:
+                handle = self.factory.attach(old)
+            except (OSError, Xen9pError) as e:
+                why = f"cannot attach {old}: {e}"
+                continue
+            if os.path.realpath(handle.export) == os.path.realpath(dev.export) and handle.num_rings == dev.num_rings:
+                break
+            why = (f"{old} is for export {handle.export} with {handle.num_rings} ring(s), but the device is now "
+                   f"{dev.export} with {dev.num_rings}")
             handle.close()
-            raise AdoptRefused(f"{old} is for export {handle.export} with {handle.num_rings} ring(s), but the "
-                               f"device is now {dev.export} with {dev.num_rings}")
+        else:
+            raise AdoptRefused(why)
+        if found != ours:
+            raise AdoptRefused(why)
         new = segment_name(dev.domid, dev.devid)
         try:
             os.rename(os.path.join(self.shm_dir, old), os.path.join(self.shm_dir, new))

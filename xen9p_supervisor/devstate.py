@@ -115,15 +115,18 @@ def make_factory(kind: str) -> DeviceStateFactory:
         return NullStateFactory()
 
 
-# Device state segments are named xen9p-<domid>-<devid>-<owner pid>-<seq>: the owner is the xen9pd that
-# created or adopted it (adopt.py renames an adopted segment to carry the adopter's pid).
-SEGMENT = re.compile(r"^xen9p-(\d+)-(\d+)-(\d+)-\d+$")
+# Device state segments are named xen9p-ds-<domid>-<devid>-<owner pid>-<seq>: the owner is the xen9pd that
+# created or adopted it (adopt.py renames an adopted segment to carry the adopter's pid). Versions before
+# adoption named them xen9p-<domid>-... and swept every such segment whose creator had died; the "ds-"
+# keeps a daemon of such a version (a downgrade, or one running beside in tests) away from segments that
+# now outlive their creator on purpose. Their old names are still recognised, to sweep their leftovers.
+SEGMENT = re.compile(r"^xen9p-(?:ds-)?(\d+)-(\d+)-(\d+)-\d+$")
 _seq = itertools.count(1)
 
 
 def segment_name(domid: int, devid: int) -> str:
     """A fresh segment name owned by this process."""
-    return f"xen9p-{domid}-{devid}-{os.getpid()}-{next(_seq)}"
+    return f"xen9p-ds-{domid}-{devid}-{os.getpid()}-{next(_seq)}"
 
 
 def mapped_segments(shm_dir: str = "/dev/shm", proc: str = "/proc") -> set[str]:
@@ -142,6 +145,15 @@ def mapped_segments(shm_dir: str = "/dev/shm", proc: str = "/proc") -> set[str]:
         except OSError:
             continue
     return out
+
+
+def segments_of(pid: int, shm_dir: str = "/dev/shm") -> set[str]:
+    """The device state segments owned by xen9pd `pid`."""
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return set()
+    return {n for n in names if (mt := SEGMENT.match(n)) is not None and int(mt.group(3)) == pid}
 
 
 def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:

@@ -118,14 +118,14 @@ def test_adopted_process_refuses_a_reused_pid(sleeper):
 
 
 def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
+    """A pid no process can have (a reaped child's could be reused at once on a busy machine)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1
 
 
 def test_sweep_frees_dead_owners_segments_but_not_mapped_ones(tmp_path):
     dead = _dead_pid()
-    free, mapped = f"xen9p-5-0-{dead}-1", f"xen9p-5-1-{dead}-2"
+    free, mapped = f"xen9p-ds-5-0-{dead}-1", f"xen9p-ds-5-1-{dead}-2"
     for n in (free, mapped):
         (tmp_path / n).write_bytes(b"\0" * 4096)
     with open(tmp_path / mapped, "r+b") as f:
@@ -137,6 +137,12 @@ def test_sweep_frees_dead_owners_segments_but_not_mapped_ones(tmp_path):
         finally:
             m.close()
     assert sorted(os.listdir(tmp_path)) == [mapped]
+
+
+def test_segments_named_before_adoption_are_still_swept(tmp_path):
+    old = f"xen9p-5-0-{_dead_pid()}-1"  # an earlier version's leftover
+    (tmp_path / old).write_bytes(b"")
+    assert devstate.sweep_stale_segments(str(tmp_path)) == [old]
 
 
 def test_segment_names_carry_the_owner_pid():
