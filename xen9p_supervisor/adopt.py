@@ -192,9 +192,11 @@ class Adopter:
         for n in names:
             mt = SEGMENT.match(n)
             if mt and (int(mt.group(1)), int(mt.group(2))) == (domid, devid) and not pid_alive(int(mt.group(3))):
-                out.append(n)
-        return sorted(out, key=lambda n: os.stat(os.path.join(self.shm_dir, n)).st_mtime, reverse=True) \
-            if out else out
+                try:
+                    out.append((os.stat(os.path.join(self.shm_dir, n)).st_mtime, n))
+                except OSError:
+                    continue  # freed meanwhile
+        return [n for _, n in sorted(out, reverse=True)]
 
     def adopt(self, dev: "Device") -> bool:
         """Take over a device a previous xen9pd left Connected; False (logged) when it must be closed instead."""
