@@ -183,6 +183,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("close_timeout", _float(0.1, 3600), 10.0, "seconds to wait for a frontend to reach Closed"),
     Option("metrics_interval", _float(0.05, 3600), 1.0, "seconds between metrics publications"),
     Option("hold_libxl_node", _bool, True, "hold libxl's xen-9pfs/state node when serving xen_9pfs"),
+    Option("on_sigterm", _choice("auto", "close", "keep-serving"), "auto",
+           "SIGTERM closes every device (close) or exits leaving the workers serving for the next xen9pd "
+           "(keep-serving); auto = keep serving when systemd is restarting the unit, else close"),
     Option("export", _exports, (), "per-export policy: [[export]] tables (see policy.py; JSON list elsewhere)"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -218,6 +221,7 @@ class Config:
     close_timeout: float = 10.0
     metrics_interval: float = 1.0
     hold_libxl_node: bool = True
+    on_sigterm: str = "auto"
     export: tuple = ()
     config_file: str | None = field(default=None, compare=False)
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # key -> where it came from

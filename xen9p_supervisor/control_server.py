@@ -53,7 +53,7 @@ class Ping(Command):
     name = "ping"
 
     def run(self, d, args):
-        from .xen9pd import version
+        from xen9p_common.version import version
         return {"pong": True, "pid": os.getpid(), "version": version()}
 
 

@@ -12,6 +12,7 @@ import zmq
 
 from xen9p_common import control
 from xen9p_common.errors import ConfigError, XenStoreError
+from xen9p_common.version import version
 from xen9p_common.xenbus import Event
 
 from . import config as configmod
@@ -51,7 +52,7 @@ class ControlCommands:
 
     def status(self) -> dict:
         devs = self.device_status()
-        return {"daemon": {"pid": os.getpid(), "version": _version(), "platform": self.platform_name,
+        return {"daemon": {"pid": os.getpid(), "version": version(), "platform": self.platform_name,
                            "self_domid": self.self_domid, "kinds": list(self.cfg.kinds),
                            "uptime": round(time.time() - self.started, 3), "cpus": list(self.cpus.cpus),
                            "devices": len(devs), "rings": sum(len(d["rings"]) for d in devs),
@@ -137,7 +138,3 @@ class ControlCommands:
         return {"backend": be, "frontend": fe}
 
 
-
-def _version() -> str:
-    from .xen9pd import version
-    return version()

@@ -5,12 +5,11 @@ through one path (REPORT_FAILURE: a warning naming the device and the reason, ba
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from xen9p_common.control import RingSpec, ring_name
 from xen9p_common.errors import Xen9pError, XenStoreError
@@ -20,7 +19,7 @@ from xen9p_common.xenbus import (Action, DeviceState, Event, XenbusState, backen
 
 from . import policy
 from .config import Config
-from .devstate import DeviceStateFactory, Limits, StateHandle
+from .devstate import DeviceStateFactory, Limits, StateHandle, segment_name
 from .export_dir import ExportError, ensure_export
 from .policy import SECURITY_MODELS
 from .restart import RestartPolicy
@@ -30,7 +29,6 @@ log = logging.getLogger("xen9pd")
 
 TRANSPORT_VERSION = "1"
 _U32_MAX = 0xFFFFFFFF
-_seq = itertools.count(1)
 
 
 class DeviceFailure(Xen9pError):
@@ -62,6 +60,7 @@ class Context:
     state_factory: DeviceStateFactory
     send_stop: Callable[[Ring], None] | None = None
     clock: Callable[[], float] = time.monotonic
+    adopter: Any = None  # adopt.Adopter while the first scan runs: takes over what a previous xen9pd left
 
 
 class Device:
@@ -131,12 +130,15 @@ class Device:
             self.feed(ev)
 
     def _take_over(self, observed: XenbusState) -> None:
-        """A backend state we did not write: a previous xen9pd died (or stopped) while serving this device.
+        """A backend state we did not write: a previous xen9pd exited (restart, crash) or stopped.
 
-        Its workers and device state are gone, so re-adopting the rings would hand the guest a session that
-        forgot every fid: the STALE_BACKEND row closes it instead (xen9p_common.xenbus), so the guest never
-        waits on a ring nobody serves.
+        A device it left Connected is adopted with its workers and device state (adopt.py): the guest
+        notices nothing. Anything else (mid-handshake, no state left, a layout we cannot read) goes
+        through the STALE_BACKEND row, which closes it (xen9p_common.xenbus), so the guest never waits
+        on a ring nobody serves and reconnects with a fresh session.
         """
+        if observed is XenbusState.Connected and self.ctx.adopter is not None and self.ctx.adopter.adopt(self):
+            return
         self.info("backend found in state %s written by a previous backend instance; closing it so the "
                   "frontend reconnects", observed.name)
         self.feed(Event.STALE_BACKEND)
@@ -294,7 +296,7 @@ class Device:
         if self.dev_state is not None:
             return
         assert self.limits is not None
-        name = f"xen9p-{self.domid}-{self.devid}-{os.getpid()}-{next(_seq)}"
+        name = segment_name(self.domid, self.devid)
         try:
             self.dev_state = self.ctx.state_factory.create(
                 name, limits=self.limits, export=self.export, security_model=self.security_model,
@@ -303,16 +305,32 @@ class Device:
             raise DeviceFailure(str(e)) from e
         self.state_name = name
 
+    def make_rings(self, state_name: str) -> RingSet:
+        """The RingSet for the validated frontend values (no process started yet)."""
+        cfg = self.ctx.cfg
+        specs = [RingSpec(self.domid, self.devid, i, self.refs[i], self.ports[i], state_name, self.export,
+                          self.security_model, cfg.workers, self.adv_max_order) for i in range(self.num_rings)]
+        restart = RestartPolicy(cfg.startsecs, cfg.startretries, cfg.backoff_initial, cfg.backoff_max)
+        return RingSet(specs, launcher=self.ctx.launcher, cpus=self.ctx.cpus, policy=restart,
+                       heartbeat_timeout=cfg.heartbeat_timeout, ready_timeout=cfg.ready_timeout,
+                       kill_grace=cfg.kill_grace, clock=self.ctx.clock)
+
+    def read_frontend_and_config(self) -> None:
+        """The toolstack's and the frontend's keys, validated as for a fresh connect (DeviceFailure if bad)."""
+        self._a_validate_config(Event.STALE_BACKEND)
+        self._a_validate_frontend(Event.STALE_BACKEND)
+
+    def resume_connected(self, state: StateHandle, rings: RingSet) -> None:
+        """Serve on with an adopted device state and rings: Connected as the previous xen9pd left it."""
+        self.dev_state, self.state_name, self.rings = state, state.name, rings
+        self.state = DeviceState.CONNECTED
+        self.last_written = XenbusState.Connected
+        self.connected_at = time.time()
+
     def _a_spawn_workers(self, event: Event) -> None:
         if self.rings is not None:
             return
-        cfg = self.ctx.cfg
-        specs = [RingSpec(self.domid, self.devid, i, self.refs[i], self.ports[i], self.state_name, self.export,
-                          self.security_model, cfg.workers, self.adv_max_order) for i in range(self.num_rings)]
-        policy = RestartPolicy(cfg.startsecs, cfg.startretries, cfg.backoff_initial, cfg.backoff_max)
-        self.rings = RingSet(specs, launcher=self.ctx.launcher, cpus=self.ctx.cpus, policy=policy,
-                             heartbeat_timeout=cfg.heartbeat_timeout, ready_timeout=cfg.ready_timeout,
-                             kill_grace=cfg.kill_grace, clock=self.ctx.clock)
+        self.rings = self.make_rings(self.state_name)
         try:
             self.rings.start()
         except SpawnError as e:
@@ -383,7 +401,7 @@ class Device:
                 "restarts": rs.restarts, "uptime": round(now - r.started_at, 3) if r.pid and r.started_at else None,
                 "exits": {str(k): v for k, v in rs.exits.items()},
                 "last_exit": [str(rs.last_exit[0]), rs.last_exit[1]] if rs.last_exit else None,
-                "ring_ref": r.spec.ring_ref, "evtchn": r.spec.evtchn,
+                "ring_ref": r.spec.ring_ref, "evtchn": r.spec.evtchn, "adopted": r.adopted,
             })
         return {
             "name": self.name, "kind": self.kind, "domid": self.domid, "devid": self.devid, "tag": self.tag,

@@ -5,6 +5,7 @@ The Device FSM only calls factory.create(...) and handle.close()/unlink(); which
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import os
 import re
@@ -30,6 +31,8 @@ class Limits:
 
 
 class StateHandle(Protocol):
+    name: str
+
     def close(self) -> None: ...
 
     def unlink(self) -> None: ...
@@ -57,6 +60,9 @@ class NullStateFactory:
     def create(self, name: str, **_: Any) -> StateHandle:
         return NullState(name)
 
+    def attach(self, name: str) -> StateHandle:
+        return NullState(name)
+
 
 class ShmStateFactory:
     """xen9p_worker.device_state.DeviceState.create(...) in shared memory."""
@@ -78,6 +84,14 @@ class ShmStateFactory:
             return self.cls.create(name, **kwargs)
         except (OSError, ValueError, Xen9pError) as e:
             raise Xen9pError(f"cannot create device state {name}: {e}") from e
+
+    def attach(self, name: str) -> StateHandle:
+        """An existing segment (a previous xen9pd's, being adopted)."""
+        return self.cls.attach(name)
+
+    def layout_version(self, name: str) -> tuple[int | None, int]:
+        """(the layout version segment `name` declares or None if it is no device state, the one we read)."""
+        return self.cls.layout_version(name), self.cls.LAYOUT_VERSION
 
 
 def _accepts(fn: Any, kw: str) -> bool:
@@ -103,23 +117,62 @@ def make_factory(kind: str) -> DeviceStateFactory:
         return NullStateFactory()
 
 
-# Device state segments are named xen9p-<domid>-<devid>-<creator pid>-<seq> (device.py).
-_SEGMENT = re.compile(r"^xen9p-\d+-\d+-(\d+)-\d+$")
+# Device state segments are named xen9p-ds-<domid>-<devid>-<owner pid>-<seq>: the owner is the xen9pd that
+# created or adopted it (adopt.py renames an adopted segment to carry the adopter's pid). Versions before
+# adoption named them xen9p-<domid>-... and swept every such segment whose creator had died; the "ds-"
+# keeps a daemon of such a version (a downgrade, or one running beside in tests) away from segments that
+# now outlive their creator on purpose. Their old names are still recognised, to sweep their leftovers.
+SEGMENT = re.compile(r"^xen9p-(?:ds-)?(\d+)-(\d+)-(\d+)-\d+$")
+_seq = itertools.count(1)
+
+
+def segment_name(domid: int, devid: int) -> str:
+    """A fresh segment name owned by this process."""
+    return f"xen9p-ds-{domid}-{devid}-{os.getpid()}-{next(_seq)}"
+
+
+def mapped_segments(shm_dir: str = "/dev/shm", proc: str = "/proc") -> set[str]:
+    """Names of device state segments some live process has mapped (a map follows the segment's renames)."""
+    prefix = shm_dir.rstrip("/") + "/xen9p-"
+    out: set[str] = set()
+    for pid in os.listdir(proc):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{pid}/maps", "rb") as f:
+                for line in f:
+                    i = line.find(prefix.encode())
+                    if i >= 0:
+                        out.add(os.fsdecode(line[i + len(shm_dir.rstrip("/")) + 1:].split()[0]))
+        except OSError:
+            continue
+    return out
+
+
+def segments_of(pid: int, shm_dir: str = "/dev/shm") -> set[str]:
+    """The device state segments owned by xen9pd `pid`."""
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return set()
+    return {n for n in names if (mt := SEGMENT.match(n)) is not None and int(mt.group(3)) == pid}
 
 
 def sweep_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
-    """Unlink device state segments whose creating xen9pd is dead (it was killed before it could free them).
+    """Unlink device state segments whose owning xen9pd is dead and which no device of ours adopted.
 
-    A live creator's segments are never touched (another daemon, e.g. in tests, may be serving them).
+    A live owner's segments are never touched (another daemon, e.g. in tests, may be serving them); an
+    adopted segment carries our pid. Run it after the first rescan, when adoption is done.
     """
     try:
         names = os.listdir(shm_dir)
     except OSError:
         return []
+    stale = [n for n in names if (mt := SEGMENT.match(n)) is not None and not pid_alive(int(mt.group(3)))]
+    mapped = mapped_segments(shm_dir) if stale else set()
     gone = []
-    for name in names:
-        mt = _SEGMENT.match(name)
-        if mt is None or pid_alive(int(mt.group(1))):
+    for name in stale:
+        if name in mapped:  # a live worker still serves it (another xen9pd's, e.g. in tests, may adopt it)
             continue
         try:
             os.unlink(os.path.join(shm_dir, name))

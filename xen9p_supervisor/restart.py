@@ -101,6 +101,18 @@ class Restarter:
         self.respawn_at = now + self.policy.delay(self.failures)
         return self.state
 
+    def adopted(self, now: float) -> None:
+        """A live worker taken over from a previous daemon: serving, and not a quick failure if it dies."""
+        self.state = RunState.RUNNING
+        self.spawned_at = now - self.policy.startsecs
+        self.ready_at = now
+        self.respawn_at = None
+
+    def resume_due(self, now: float) -> None:
+        """The worker is gone (it died while no daemon ran): respawn at once, like after a crash."""
+        self.state = RunState.BACKOFF
+        self.respawn_at = now
+
     def due(self, now: float) -> bool:
         """True when a BACKOFF worker should be respawned now."""
         return self.state is RunState.BACKOFF and self.respawn_at is not None and now >= self.respawn_at

@@ -15,6 +15,7 @@ import time
 
 from xen9p_common.errors import Xen9pError
 
+from .devstate import segments_of
 from .sim_children import DEMO_TAG, Child, GuestProc, child_env, repo_root
 from .sim_report import progress_line, report_rows, report_table
 from .sim_toolstack import EXIT_ERROR, EXIT_OK, attach_device, destroy_domain, dom0_client, sim_dir_from
@@ -251,10 +252,9 @@ class Demo:
                 pass
         pid = self.xen9pd.pid if self.xen9pd else None
         now = set(os.listdir(SHM_DIR)) if os.path.isdir(SHM_DIR) else set()
+        ours = segments_of(pid, SHM_DIR) if pid is not None else set()  # others' segments are not ours
         for name in sorted(now - shm_before):
-            parts = name.split("-")
-            # xen9pd names device state xen9p-<domid>-<devid>-<its pid>-<seq>; others' segments are not ours.
-            if pid is not None and len(parts) == 5 and parts[0] == "xen9p" and parts[3] == str(pid):
+            if name in ours:
                 self.leftovers.append(f"shared memory {SHM_DIR}/{name} left behind (removed)")
                 try:
                     os.unlink(os.path.join(SHM_DIR, name))

@@ -1,6 +1,7 @@
 """Ring worker processes: fork+exec with a CPU pin and a title, heartbeats, restarts through the Restarter.
 
 A Ring is one worker slot of one device; it owns at most one live process at a time and its restart record.
+Workers run in their own session and outlive xen9pd (see adopt.py): the next daemon adopts them.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import Callable, Sequence
 from xen9p_common import control
 from xen9p_common.control import RingSpec
 from xen9p_common.errors import Xen9pError
-from xen9p_common.procs import die_with_parent
 
 from .restart import ExitCause, Restarter, RestartPolicy, RunState
 
@@ -74,13 +74,14 @@ class Launcher:
 
         def in_child() -> None:
             # Runs between fork and exec: only async-signal-safe-ish syscalls, no logging, no locks.
-            die_with_parent(signal.SIGTERM)  # no orphans if xen9pd dies hard
             if cpu is not None:
                 os.sched_setaffinity(0, (cpu,))
 
         try:
+            # Own session, no parent-death signal: the worker keeps serving its guest when xen9pd exits
+            # for a restart or dies, and the next xen9pd adopts it (adopt.py).
             return subprocess.Popen([title] + argv[1:], executable=exe, env=env, stdin=subprocess.DEVNULL,
-                                    preexec_fn=in_child, close_fds=True)
+                                    preexec_fn=in_child, close_fds=True, start_new_session=True)
         except OSError as e:
             raise SpawnError(f"{spec.name}: cannot start worker {argv[0]!r}: {e}") from e
 
@@ -99,6 +100,7 @@ class Ring:
     stats: dict = field(default_factory=dict)
     started_at: float | None = None       # wall clock of the current process, for uptime
     fatal_reason: str | None = None
+    adopted: bool = False                 # the live process was started by a previous xen9pd (older code?)
 
     @property
     def name(self) -> str:
@@ -141,6 +143,7 @@ class RingSet:
     def _spawn(self, r: Ring, first: bool) -> None:
         now = self.clock()
         r.proc = self.launcher.spawn(r.spec, r.cpu)
+        r.adopted = False
         r.kill_cause, r.kill_at = None, None
         r.last_seen = now
         r.started_at = time.time()
@@ -150,6 +153,19 @@ class RingSet:
         else:
             r.restarter.respawning(now)
         log.info("%s: worker started, pid %d on cpu %s", r.name, r.proc.pid, r.cpu)
+
+    def adopt(self, r: Ring, proc, cpu: int | None, started_at: float | None) -> None:
+        """Take over a live worker a previous xen9pd started (proc: adopt.AdoptedProcess); it is RUNNING."""
+        now = self.clock()
+        r.proc, r.cpu, r.started_at, r.adopted = proc, cpu, started_at, True
+        r.kill_cause, r.kill_at, r.stats = None, None, {}
+        r.last_seen = now  # it reconnects to our socket; silence past heartbeat_timeout = a hung worker
+        r.restarter.adopted(now)
+
+    def resume(self, r: Ring) -> None:
+        """A ring whose worker died while no xen9pd ran: a fresh worker resumes it through the journal now."""
+        r.cpu = self.cpus.take()
+        r.restarter.resume_due(self.clock())
 
     # -- messages from workers ----------------------------------------------------
 
@@ -204,12 +220,13 @@ class RingSet:
         """Record the exit of r's process if it has exited; 'fatal' when the restarter gives up."""
         if r.proc is None or r.proc.poll() is None:
             return None
-        code = r.proc.returncode
+        code = r.proc.returncode if isinstance(r.proc, subprocess.Popen) else None
         cause = r.kill_cause or ExitCause.CRASH
         r.proc = None
         r.kill_cause, r.kill_at = None, None
         new = r.restarter.exited(now, cause, code)
-        how = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
+        how = ("exit status unknown (adopted)" if code is None
+               else f"signal {-code}" if code < 0 else f"status {code}")
         if new is RunState.FATAL:
             if cause is ExitCause.TIMEOUT and r.restarter.ready_at is None:
                 when = "without ever becoming ready (mapped and bound)"

@@ -14,6 +14,7 @@ from typing import Any
 import zmq
 
 from xen9p_common import control
+from xen9p_common.version import version
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 69
 
@@ -118,7 +119,7 @@ CHANGING_COMMANDS = ("attach", "detach", "restart-ring", "reload")
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xen9pctl", description="Query and steer a running xen9pd.",
                                  epilog="Exit codes: 0 ok, 1 refused, 2 usage, 69 xen9pd not running.")
-    ap.add_argument("--version", action="version", version="xen9pctl 0.1.0")
+    ap.add_argument("--version", action="version", version=f"xen9pctl {version()}")
     ap.add_argument("--control", default=os.environ.get("XEN9PD_CONTROL", control.DEFAULT_CONTROL),
                     help=f"xen9pd control endpoint (default {control.DEFAULT_CONTROL}; env XEN9PD_CONTROL)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("log-level", help="set the daemon's log level")
     p.add_argument("level", choices=["debug", "info", "warning", "error"])
     sub.add_parser("reload", help="re-read the configuration")
+    p = sub.add_parser("upgrade", help="move ring workers started by a previous xen9pd onto the installed code, "
+                                       "one ring at a time (guests keep working)")
+    p.add_argument("--all", action="store_true", help="replace every ring's worker, not only adopted ones")
+    p.add_argument("--ring-timeout", type=float, default=60.0,
+                   help="seconds one ring may take to serve again before the upgrade stops (default 60)")
     p = sub.add_parser("attach", help="write a 9pfs device's xenstore nodes like libxl (running or paused domU)")
     p.add_argument("--domid", type=int, required=True)
     p.add_argument("--devid", type=int, default=0)
@@ -182,6 +188,26 @@ def _request(cmd: str, ns: argparse.Namespace) -> tuple[str, dict]:
     return cmd, {}
 
 
+def _upgrade(client: "Client", ns: argparse.Namespace) -> int:
+    from .rolling_upgrade import UpgradeFailed, plan, upgrade
+    try:
+        client.timeout = max(client.timeout, CHANGE_TIMEOUT)
+        status = client.call("status", {})
+        rings = plan(status.get("result") or {}, ns.all)
+        if not rings:
+            print("xen9pctl: upgrade: no ring to replace (every worker runs this daemon's code; --all to force)")
+            return EXIT_OK
+        n = upgrade(client.call, rings, ns.ring_timeout, sys.stdout)
+    except Unavailable as e:
+        print(f"xen9pctl: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except UpgradeFailed as e:
+        print(f"xen9pctl: upgrade stopped: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"xen9pctl: upgrade: {n} ring worker(s) replaced")
+    return EXIT_OK
+
+
 def _render(cmd: str, result: Any) -> str:
     if cmd in ("status", "top"):
         return status_table(result)
@@ -206,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     if timeout is None:
         timeout = CHANGE_TIMEOUT if ns.cmd in CHANGING_COMMANDS else QUERY_TIMEOUT
     client = Client(ns.control, timeout)
+    if ns.cmd == "upgrade":
+        return _upgrade(client, ns)
     cmd, args = _request(ns.cmd, ns)
     repeat = ns.cmd == "top" or (ns.cmd == "metrics" and ns.watch)
     rounds = 0

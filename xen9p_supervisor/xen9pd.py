@@ -12,20 +12,22 @@ import os
 import signal
 import sys
 import time
-from importlib import metadata
 
 import zmq
 
 from xen9p_common import control
 from xen9p_common.errors import ConfigError, Xen9pError, XenStoreError
 from xen9p_common.platform import XenStore, open_platform
+from xen9p_common.version import version
 
 from . import config as configmod
+from .adopt import Adopter
 from .control_server import CommandError, ControlServer, bind_private
 from .daemon_commands import ControlCommands
 from .devstate import DeviceStateFactory, make_factory, sweep_stale_segments
 from .device import Context, Device
 from .discovery import Discovery
+from .exit_mode import keep_serving_on_sigterm
 from .libxl_node import StartupError, hold_libxl_node, release_libxl_node
 from .metrics import Metrics, PrometheusExporter
 from .sdnotify import Notifier
@@ -35,13 +37,6 @@ log = logging.getLogger("xen9pd")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
 MAX_POLL = 0.5  # seconds; timers are checked at least this often
-
-
-def version() -> str:
-    try:
-        return metadata.version("xen9p")
-    except metadata.PackageNotFoundError:
-        return "0.1.0"
 
 
 def setup_logging(level: str) -> None:
@@ -68,6 +63,7 @@ class Supervisor(ControlCommands):
         self.platform_name = platform_name
         self.started = time.time()
         self.stopping = False
+        self.keep_serving = False  # exit leaving the workers serving (restart), decided at SIGTERM
         self.shut_down = False
         self.metrics = Metrics()
         self.launcher = Launcher(cfg.worker_cmd, platform_name, cfg.sim_dir, cfg.worker_spin_us)
@@ -83,6 +79,7 @@ class Supervisor(ControlCommands):
         self.pub.setsockopt(zmq.SNDHWM, 10000)
         bind_private(self.pub, cfg.metrics)
         self.exporter = PrometheusExporter(self.metrics, cfg.prometheus) if cfg.prometheus else None
+        self.state_factory = state_factory
         self.ctx = Context(xs=xs, cfg=cfg, self_domid=self_domid, launcher=self.launcher, cpus=self.cpus,
                            state_factory=state_factory, send_stop=self._send_stop)
         self.discovery = Discovery(xs, self_domid, cfg.kinds, lambda k, d, v: Device(self.ctx, k, d, v))
@@ -119,11 +116,18 @@ class Supervisor(ControlCommands):
 
     def start(self) -> None:
         self.hold_libxl_node()
+        # The first scan adopts what a previous xen9pd left serving (adopt.py); then whatever it left
+        # that no device took (workers of devices gone meanwhile, their segments) is stopped and freed.
+        adopter = self.ctx.adopter = Adopter(self.cfg, self.state_factory)
+        try:
+            self.discovery.start()
+            self.discovery.rescan()
+        finally:
+            self.ctx.adopter = None
+            adopter.stop_leftovers()
         stale = sweep_stale_segments()
         if stale:
             log.info("freed %d device state segment(s) left by a dead xen9pd: %s", len(stale), ", ".join(stale))
-        self.discovery.start()
-        self.discovery.rescan()
         self.notifier.ready(self._status())
         log.info("xen9pd %s ready: platform %s, serving %s, control %s, cpus %s", version(), self.platform_name,
                  ",".join(self.cfg.kinds), self.cfg.control, ",".join(map(str, self.cpus.cpus)))
@@ -155,8 +159,8 @@ class Supervisor(ControlCommands):
             except Exception:  # a bug in one step must not kill every guest's share
                 log.exception("internal error in the main loop; carrying on")
                 continue
-            if lost:
-                self.shutdown()
+            if lost:  # the workers serve on; the next xen9pd (systemd restarts us) adopts them
+                self.shutdown(keep_serving=True)
                 return EXIT_UNAVAILABLE
             now = time.monotonic()
             if now >= next_rescan:
@@ -168,7 +172,7 @@ class Supervisor(ControlCommands):
             if next_wd is not None and now >= next_wd:
                 self.notifier.watchdog()
                 next_wd = now + wd
-        self.shutdown()
+        self.shutdown(keep_serving=self.keep_serving)
         return EXIT_OK
 
     def _guard(self, fn) -> None:
@@ -201,7 +205,10 @@ class Supervisor(ControlCommands):
             return
         for signum in data:
             if signum in (signal.SIGTERM, signal.SIGINT):
-                log.info("signal %s: shutting down", signal.Signals(signum).name)
+                self.keep_serving = signum == signal.SIGTERM and keep_serving_on_sigterm(self.cfg.on_sigterm)
+                log.info("signal %s: %s", signal.Signals(signum).name,
+                         "exiting for a restart; the ring workers keep serving" if self.keep_serving
+                         else "closing every device and shutting down")
                 self.stopping = True
             elif signum == signal.SIGHUP:
                 try:
@@ -245,13 +252,29 @@ class Supervisor(ControlCommands):
     def devices(self) -> list[Device]:
         return list(self.discovery.devices.values())
 
-    def shutdown(self) -> None:
-        """Every device Closed, every worker gone, sockets and nodes released."""
+    def shutdown(self, keep_serving: bool = False) -> None:
+        """Every device Closed, every worker gone, sockets and nodes released.
+
+        keep_serving: exit for a restart instead: devices stay Connected, workers serve on, the device
+        state segments and libxl's node stay, for the next xen9pd to adopt (adopt.py).
+        """
         if self.shut_down:
             return
         self.shut_down = True
         self.notifier.stopping()
         devs = self.devices()
+        if keep_serving:
+            workers = 0
+            for dev in devs:
+                workers += sum(1 for r in dev.rings.rings if r.pid) if dev.rings else 0
+                if dev.dev_state is not None:
+                    dev.dev_state.close()  # our mapping only: the segment stays for the next daemon
+            try:
+                self.discovery.stop()
+            except XenStoreError:
+                pass
+            log.info("exited for a restart: %d device(s) left serving with %d ring worker(s)", len(devs), workers)
+            return
         # Ask every worker at once so the drain takes one grace period, not one per device.
         for dev in devs:
             if dev.rings is not None:
@@ -357,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return sup.run()
     finally:
         if sup is not None:
-            sup.shutdown()  # no-op after a clean run; after a crash it still closes devices and workers
+            # A no-op after a clean run. After an internal error the workers serve on for the next xen9pd.
+            sup.shutdown(keep_serving=True)
             sup.close()
         xs.close()
         zctx.term()

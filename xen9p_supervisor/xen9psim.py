@@ -13,6 +13,7 @@ import threading
 from typing import Sequence
 
 from xen9p_common.errors import Xen9pError, XenStoreError
+from xen9p_common.version import version
 
 # The pieces live in sim_toolstack, sim_guest and sim_demo; re-exported because callers import them from here.
 from .sim_guest import FRONTENDS, MINIOS_WORKLOADS, run_guest
@@ -26,13 +27,6 @@ __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "SECURITY_
 
 SECURITY_MODELS = ("none", "passthrough", "mapped-xattr", "mapped-file", "mapped")
 
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("xen9p")
-    except Exception:  # noqa: BLE001 - not installed: running from a checkout
-        return "0.1.0"
 
 
 
@@ -147,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Accepted after the command too; SUPPRESS so a subcommand does not reset the value given before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--sim-dir", default=argparse.SUPPRESS, help=sim_help)
-    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
 
     p = sub.add_parser("xenstored", parents=[common], help="run the simulated xenstored")

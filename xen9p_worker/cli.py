@@ -13,11 +13,12 @@ import resource
 import signal
 import sys
 
+from xen9p_common.version import version
+
 from .backend.local import LocalBackend
 from .backend.secmodel import MODELS
 from .dispatch import Limits, Server
 
-VERSION = "0.1.0"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
@@ -42,7 +43,7 @@ def add_core_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m xen9p_worker",
                                 description="Serve a host directory over 9P2000.L or 9P2000.u.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     modes = p.add_mutually_exclusive_group(required=True)
     modes.add_argument("--listen", metavar="unix:PATH|tcp:HOST:PORT|fd:N",
                        help="serve 9P on a socket (each connection its own session)")

@@ -88,6 +88,21 @@ class SessionState:
 class DeviceState:
     """One device's shared state. create() by the supervisor, attach() by each ring worker."""
 
+    LAYOUT_VERSION = L.LAYOUT_VERSION
+
+    @staticmethod
+    def layout_version(name: str) -> int | None:
+        """The layout version segment `name` declares; None if it is not a xen9p device state."""
+        _check_name(name)
+        try:
+            with open(os.path.join(SHM_DIR, name), "rb") as f:
+                head = f.read(L.H_LAYOUT + 4)
+        except OSError:
+            return None
+        if len(head) < L.H_LAYOUT + 4 or head[:7] != L.MAGIC[:7]:  # XEN9PDS<n>: any layout's
+            return None
+        return L.U32.unpack_from(head, L.H_LAYOUT)[0]
+
     def __init__(self, name: str, fd: int, mem: mmap.mmap, owner: bool) -> None:
         self.name = name
         self.owner = owner

@@ -99,6 +99,10 @@ def main(argv=None) -> int:
             ctl = ctx.socket(zmq.DEALER)
             ctl.setsockopt(zmq.IDENTITY, control.ring_name(args.domid, args.devid, args.ring).encode())
             ctl.setsockopt(zmq.LINGER, 1000)
+            # The worker outlives its xen9pd: zmq reconnects every 100 ms to whichever xen9pd binds the
+            # socket next (which adopts us); what we send while none listens is dropped (_send never blocks).
+            ctl.setsockopt(zmq.RECONNECT_IVL, 100)
+            ctl.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
             ctl.connect(args.supervisor)
         fault = None
         spec = os.environ.get("XEN9P_RING_FAULT", "")  # tests only: "point:n", see RingWorker

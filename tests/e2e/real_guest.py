@@ -5,6 +5,7 @@ The load counts every request sent and every reply received, so a test can prove
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import random
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -130,15 +132,23 @@ class RealGuest:
 
 
 class Load:
-    """Guest load on one mount: threads doing checked I/O and namespace ops, plus async bursts.
+    """Guest load on one mount: threads doing checked I/O and namespace ops, plus async bursts, plus
+    (files > 0) threads that create files, append checksummed records, rename and read them back.
 
     Every frame sent and every reply received is counted; a reply for a tag not outstanding
-    (answered twice, or never asked) is recorded in `stray`.
+    (answered twice, or never asked) is recorded in `stray`. The longest a request waited for its
+    reply is `max_latency` (seconds). verify_files() checks on the host that every appended record
+    is there exactly once.
     """
 
-    def __init__(self, client: Client, root, threads: int = 6, burst: int = 48) -> None:
+    RECORDS = 8  # appended per file before it is renamed
+
+    def __init__(self, client: Client, root, threads: int = 6, burst: int = 48, files: int = 0) -> None:
         self.client, self.root = client, root
         self.sent = self.replies = self.ops = 0
+        self.max_latency = 0.0
+        self._sent_at: dict[int, float] = {}
+        self.files: dict[str, bytes] = {}  # final name -> the content the guest wrote
         self.stray: list[int] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -149,10 +159,14 @@ class Load:
         self.threads = [threading.Thread(target=self._guard, args=(self._io, i), daemon=True) for i in range(threads)]
         self.threads.append(threading.Thread(target=self._guard, args=(self._ns, 0), daemon=True))
         self.threads.append(threading.Thread(target=self._guard, args=(self._burst, burst), daemon=True))
+        self.threads += [threading.Thread(target=self._guard, args=(self._files, i), daemon=True)
+                         for i in range(files)]
 
     def _send(self, frame) -> None:
+        _, _, tag = m.peek_header(frame)
         with self._lock:
             self.sent += 1
+            self._sent_at[tag] = time.monotonic()
         self._orig_send(frame)
 
     def _dispatch(self, frame) -> None:
@@ -161,9 +175,16 @@ class Load:
             known = tag in self.client._pending
         with self._lock:
             self.replies += 1
+            t0 = self._sent_at.pop(tag, None)
+            if t0 is not None:
+                self.max_latency = max(self.max_latency, time.monotonic() - t0)
             if not known:
                 self.stray.append(tag)
         self._orig_dispatch(frame)
+
+    def reset_latency(self) -> None:
+        with self._lock:
+            self.max_latency = 0.0
 
     def _count(self) -> None:
         with self._lock:
@@ -198,6 +219,37 @@ class Load:
             self.root.rmdir(d)
             n += 1
             self._count()
+
+    def _files(self, i: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            tmp, final = f"f{i}-{n}.tmp", f"f{i}-{n}.dat"
+            want = b""
+            with self.root.create(tmp, c.L_O_RDWR | c.L_O_CREAT | c.L_O_APPEND, 0o644) as f:
+                for k in range(self.RECORDS):
+                    payload = f"{i}:{n}:{k}:{os.urandom(24).hex()}"
+                    rec = f"{payload} {hashlib.sha256(payload.encode()).hexdigest()}\n".encode()
+                    assert f.write(rec, 0) == len(rec)  # O_APPEND: a write applied twice shows as a duplicate
+                    want += rec
+                assert f.read(0, len(want) + 100) == want, f"{tmp}: read back differs"
+            self.root.rename(tmp, self.root, final)
+            with self.root.walk([final]) as f2, f2.open(c.L_O_RDONLY) as f3:
+                assert f3.read(0, len(want) + 100) == want, f"{final}: read back after rename differs"
+            self.files[final] = want
+            n += 1
+            self._count()
+
+    def verify_files(self, export: str) -> int:
+        """Every renamed file holds exactly its records, each once and intact; returns how many files."""
+        for name, want in self.files.items():
+            with open(os.path.join(export, name), "rb") as f:
+                got = f.read()
+            recs = got.decode().splitlines()
+            assert got == want, f"{name}: {len(recs)} records on the host, {len(want.splitlines())} written"
+            for r in recs:
+                payload, _, digest = r.partition(" ")
+                assert hashlib.sha256(payload.encode()).hexdigest() == digest, f"{name}: corrupt record {r!r}"
+        return len(self.files)
 
     def _burst(self, size: int) -> None:
         while not self._stop.is_set():

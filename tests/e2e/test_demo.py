@@ -15,6 +15,7 @@ import tempfile
 
 import pytest
 
+from xen9p_supervisor.devstate import segments_of
 from tests.e2e.xen9pd_helpers import ROOT, env_for_children, procs_with, wait_for
 from xen9p_supervisor.sim_demo import DEMO_GUESTS, UNDER_WAY_OPS
 
@@ -42,11 +43,10 @@ def pieces():
 
 
 def _device_segments(output: str) -> set[str]:
-    """/dev/shm segments of the demo's xen9pd (device state: xen9p-<domid>-<devid>-<pid>-<seq>)."""
+    """/dev/shm segments of the demo's xen9pd (device state, named for its owner's pid)."""
     m = re.search(r"xen9pd pid (\d+)", output)
     assert m, output
-    pat = re.compile(rf"^xen9p-\d+-\d+-{m.group(1)}-\d+$")
-    return {n for n in os.listdir(SHM) if pat.match(n)} if os.path.isdir(SHM) else set()
+    return segments_of(int(m.group(1)), SHM)
 
 
 def _demo(*extra: str) -> subprocess.Popen:

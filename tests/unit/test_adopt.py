@@ -1,0 +1,170 @@
+"""Pieces of daemon restart without guest impact: what SIGTERM means, finding and watching a previous
+daemon's workers, device state layout versions, and the segment sweep sparing what a live worker maps."""
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from xen9p_supervisor import devstate
+from xen9p_supervisor.adopt import AdoptedProcess, LiveWorker, _start_ticks, find_workers, parse_worker_argv
+from xen9p_supervisor.exit_mode import keep_serving_on_sigterm, systemd_job, systemd_unit
+from xen9p_supervisor.workers import Launcher
+from xen9p_common.control import RingSpec
+
+SYSTEMD = {"INVOCATION_ID": "0123abcd"}
+
+
+def _never(*_):
+    raise AssertionError("systemd must not be asked")
+
+
+@pytest.mark.parametrize("job,keep", [("restart", True), ("try-restart", True), ("stop", False), (None, False)])
+def test_auto_keeps_serving_only_for_a_systemd_restart_job(job, keep):
+    assert keep_serving_on_sigterm("auto", SYSTEMD, unit=lambda: "xen9pd.service", job=lambda u: job) is keep
+
+
+def test_explicit_modes_and_no_systemd_do_not_ask_systemd():
+    assert keep_serving_on_sigterm("keep-serving", {}, unit=_never, job=_never) is True
+    assert keep_serving_on_sigterm("close", SYSTEMD, unit=_never, job=_never) is False
+    assert keep_serving_on_sigterm("auto", {}, unit=_never, job=_never) is False  # not started by systemd
+
+
+def test_auto_outside_a_service_cgroup_closes():
+    assert keep_serving_on_sigterm("auto", SYSTEMD, unit=lambda: None, job=_never) is False
+
+
+def test_systemd_unit_from_cgroup(tmp_path):
+    f = tmp_path / "cgroup"
+    f.write_text("0::/system.slice/xen9pd.service\n")
+    assert systemd_unit(str(f)) == "xen9pd.service"
+    f.write_text("0::/user.slice/user-0.slice/session-3.scope\n")
+    assert systemd_unit(str(f)) is None
+    assert systemd_unit(str(tmp_path / "missing")) is None
+
+
+def test_systemd_job_parses_list_jobs():
+    out = ("17 xendomains.service stop waiting\n"
+           "42 xen9pd.service restart running\n")
+    run = lambda argv, **kw: subprocess.CompletedProcess(argv, 0, out, "")  # noqa: E731
+    assert systemd_job("xen9pd.service", run) == "restart"
+    assert systemd_job("other.service", run) is None
+
+    def broken(argv, **kw):
+        raise FileNotFoundError("systemctl")
+    assert systemd_job("xen9pd.service", broken) is None
+
+
+def _spec(state: str = "xen9p-3-0-1-1", sup: str = "ipc:///run/xen9p/workers.sock") -> RingSpec:
+    return RingSpec(3, 0, 1, 101, 11, state, "/srv/share", "mapped-xattr", sup)
+
+
+def test_worker_argv_round_trips_through_the_launcher_command_line():
+    argv = Launcher(["/usr/bin/python3", "-m", "xen9p_worker"], "sim", "/tmp/sim", 30.0).argv(_spec())
+    opts = parse_worker_argv(["xen9p dom3/dev0/ring1"] + argv[1:])
+    assert opts is not None
+    got = RingSpec(opts["domid"], opts["devid"], opts["ring"], opts["ring_ref"], opts["evtchn"], opts["state"],
+                   opts["export"], opts["security_model"], opts["supervisor"])
+    assert got == _spec() and opts["platform"] == "sim" and opts["sim_dir"] == "/tmp/sim"
+
+
+@pytest.mark.parametrize("argv", [["xen9p", "socket", "--export", "/x"],
+                                  ["xen9p dom3/dev0/ring1", "ring", "--domid", "3"],
+                                  ["xen9p dom3/dev0/ring1", "ring", "--domid", "x", "--devid", "0"]])
+def test_other_command_lines_are_not_workers(argv):
+    assert parse_worker_argv(argv) is None
+
+
+@pytest.fixture
+def sleeper():
+    """A process titled like a ring worker (its argv[0]) with a worker's command line."""
+    argv = Launcher([sys.executable, "-c", "import time; time.sleep(60)", "--"], "sim", "/tmp/simx").argv(_spec())
+    p = subprocess.Popen(["xen9p dom3/dev0/ring1"] + argv[1:], executable=sys.executable)
+    yield p
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+
+
+def test_find_workers_matches_socket_platform_and_sim_dir(sleeper):
+    def found(sup, plat, sim):
+        return [w.pid for w in find_workers(sup, plat, sim)]
+    sup = "ipc:///run/xen9p/workers.sock"
+    assert sleeper.pid in found(sup, "sim", "/tmp/simx")
+    assert sleeper.pid not in found("ipc:///elsewhere.sock", "sim", "/tmp/simx")
+    assert sleeper.pid not in found(sup, "xen", None)
+    assert sleeper.pid not in found(sup, "sim", "/tmp/other")
+
+
+def test_adopted_process_sees_the_exit_and_signals_through_a_pidfd(sleeper):
+    w = LiveWorker(sleeper.pid, _start_ticks(sleeper.pid), _spec(), "sim", "/tmp/simx")
+    p = AdoptedProcess(w)
+    assert p.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        p.wait(0.05)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 0 and p.poll() == 0  # the status belongs to the real parent
+    p.send_signal(signal.SIGKILL)  # after the exit: nothing to signal, no error
+
+
+def test_adopted_process_refuses_a_reused_pid(sleeper):
+    w = LiveWorker(sleeper.pid, _start_ticks(sleeper.pid) + 1, _spec(), "sim", "/tmp/simx")
+    with pytest.raises(ProcessLookupError):
+        AdoptedProcess(w)
+
+
+def _dead_pid() -> int:
+    """A pid no process can have (a reaped child's could be reused at once on a busy machine)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1
+
+
+def test_sweep_frees_dead_owners_segments_but_not_mapped_ones(tmp_path):
+    dead = _dead_pid()
+    free, mapped = f"xen9p-ds-5-0-{dead}-1", f"xen9p-ds-5-1-{dead}-2"
+    for n in (free, mapped):
+        (tmp_path / n).write_bytes(b"\0" * 4096)
+    with open(tmp_path / mapped, "r+b") as f:
+        m = mmap.mmap(f.fileno(), 4096)
+        try:
+            # tmp_path stands in for /dev/shm: mapped_segments looks for maps under the given dir.
+            assert mapped in devstate.mapped_segments(str(tmp_path))
+            assert devstate.sweep_stale_segments(str(tmp_path)) == [free]
+        finally:
+            m.close()
+    assert sorted(os.listdir(tmp_path)) == [mapped]
+
+
+def test_segments_named_before_adoption_are_still_swept(tmp_path):
+    old = f"xen9p-5-0-{_dead_pid()}-1"  # an earlier version's leftover
+    (tmp_path / old).write_bytes(b"")
+    assert devstate.sweep_stale_segments(str(tmp_path)) == [old]
+
+
+def test_segment_names_carry_the_owner_pid():
+    name = devstate.segment_name(4, 2)
+    mt = devstate.SEGMENT.match(name)
+    assert mt and (int(mt.group(1)), int(mt.group(2)), int(mt.group(3))) == (4, 2, os.getpid())
+
+
+def test_layout_version_of_a_segment():
+    from xen9p_worker.device_state import DeviceState
+    name = devstate.segment_name(9, 9)
+    ds = DeviceState.create(name, max_fids=16, max_open_files=8, max_space_mb=0, export="/tmp",
+                            security_model="none", msize_cap=8192, num_rings=1)
+    try:
+        assert DeviceState.layout_version(name) == DeviceState.LAYOUT_VERSION
+        with open(f"/dev/shm/{name}", "r+b") as f:
+            f.seek(8)
+            f.write((99).to_bytes(4, "little"))
+        assert DeviceState.layout_version(name) == 99
+        with open(f"/dev/shm/{name}", "r+b") as f:
+            f.write(b"NOTXEN9P")
+        assert DeviceState.layout_version(name) is None
+    finally:
+        ds.close()
+        ds.unlink()
