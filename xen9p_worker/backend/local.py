@@ -166,8 +166,21 @@ class LocalBackend:
         return H.reopen(pfd, host_open_flags(lflags))
 
     def create(self, dirfd, name, lflags, mode, uid, gid) -> int:
-        return self.model.create(dirfd, self.check_new_name(name), host_open_flags(lflags, True),
-                                 mode, uid, gid)
+        name = self.check_new_name(name)
+        flags = host_open_flags(lflags, True)
+        try:
+            # O_EXCL always: an O_CREAT open of an existing fifo or device node would open it on the
+            # host (a fifo blocks the thread forever; a node made by Tmknod is the host's device).
+            return self.model.create(dirfd, name, flags | os.O_EXCL, mode, uid, gid)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+        # It exists: open it as Tlopen does (never a special file, never through a symlink).
+        pfd = os.open(name, H.O_PATH_NOFOLLOW, dir_fd=dirfd)
+        try:
+            return H.reopen(pfd, flags & ~os.O_CREAT)
+        finally:
+            os.close(pfd)
 
     def mkdir(self, dirfd, name, mode, uid, gid) -> None:
         self.model.mkdir(dirfd, self.check_new_name(name), mode, uid, gid)
@@ -231,8 +244,14 @@ class LocalBackend:
         return reader.pack(fd, offset, count, self.qidmap.base(dev), lambda ino: qpath(dev, ino),
                            hidden, self.model.mapped)
 
+    def xattr_host_name(self, name: bytes, for_write: bool) -> bytes:
+        # A NUL would end the name early in the syscall (and os.*xattr raise ValueError): found by fuzzing.
+        if b"\0" in name:
+            raise OSError(errno.EINVAL, "NUL in an xattr name")
+        return self.model.xattr_name(name, for_write)
+
     def xattr_get(self, fd: int, name: bytes) -> bytes:
-        return H.getxattr(fd, self.model.xattr_name(name, False))
+        return H.getxattr(fd, self.xattr_host_name(name, False))
 
     def xattr_list(self, fd: int) -> bytes:
         names = [os.fsencode(n) for n in H.listxattr(fd)]
@@ -240,10 +259,10 @@ class LocalBackend:
         return b"".join(m.xattr_guest_name(n) + b"\0" for n in names if m.xattr_visible(n))
 
     def xattr_set(self, fd: int, name: bytes, value: bytes, flags: int) -> None:
-        H.setxattr(fd, self.model.xattr_name(name, True), value, flags)
+        H.setxattr(fd, self.xattr_host_name(name, True), value, flags)
 
     def xattr_remove(self, fd: int, name: bytes) -> None:
-        H.removexattr(fd, self.model.xattr_name(name, True))
+        H.removexattr(fd, self.xattr_host_name(name, True))
 
 
 def _time_arg(valid: int, bit: int, set_bit: int, t: tuple[int, int]):
