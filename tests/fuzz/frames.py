@@ -60,6 +60,14 @@ def field_value(d: Draw, name: str, ftype, fids: tuple[int, ...], tags: list[int
     return d.blob(64)  # a field type this module does not know yet: raw bytes
 
 
+KNOWN_TYPES = (W.STR, W.STRARRAY, W.DATA, W.QIDARRAY)
+
+
+def known_fields(cls) -> bool:
+    """Whether every field of cls has a wire type this module draws faithfully (not raw bytes)."""
+    return all(isinstance(t, W.Fixed) or t in KNOWN_TYPES for _, t in cls.FIELDS)
+
+
 def lenient_frame(cls, tag: int, values: list) -> bytes:
     """The frame of cls with these field values, packed without the encoder's limits."""
     out = bytearray(M.HEADER_SIZE)
