@@ -35,13 +35,15 @@ def soak(seconds: float, devices: int = 8, log=print) -> dict:
     world = World("soak")
     gs: list[RealGuest] = []
     loads: list[VerifiedLoad] = []
-    segs_before = set(glob.glob("/dev/shm/xen9p-*"))
     try:
         for i in range(devices):
             g = RealGuest(world, 60 + i).mount()
             gs.append(g)
             loads.append(VerifiedLoad(g.client, g.root, g.export, threads=1, seed=i).start())
         d = world.daemon
+        # This daemon's device segments only (xen9p-<domid>-<devid>-<xen9pd pid>-<n>): other jobs use /dev/shm too.
+        segs = [f"/dev/shm/xen9p-{g.domid}-0-{d.proc.pid}-*" for g in gs]
+        assert all(glob.glob(p) for p in segs), "device segments not where expected"
         names = [f"dom{g.domid}/dev0/ring{r}" for g in gs for r in (0, 1)]
         total = lambda: sum(ld.ops for ld in loads)  # noqa: E731
         t0 = time.monotonic()
@@ -80,7 +82,7 @@ def soak(seconds: float, devices: int = 8, log=print) -> dict:
             g.close()
         world.close()  # asserts no process of the world is left
     result["workers_left"] = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
-    result["segments_left"] = sorted(set(glob.glob("/dev/shm/xen9p-*")) - segs_before)
+    result["segments_left"] = sorted(f for p in segs for f in glob.glob(p))
     return result
 
 
