@@ -91,3 +91,13 @@ def test_xattr_names_with_nul_are_einval(conn):
     assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL
     r = call(M.Txattrcreate, 1, "user.a\x00b", 1, 0)
     assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL
+
+
+@pytest.mark.parametrize("op", ["read", "write"])
+def test_offsets_above_the_hosts_signed_range_are_einval(conn, op):
+    export, call = conn
+    (export / "f").write_bytes(b"x")
+    assert isinstance(call(M.Twalk, 0, 1, ("f",)), M.Rwalk)
+    assert isinstance(call(M.Tlopen, 1, C.L_O_RDWR), M.Rlopen)
+    r = call(M.Tread, 1, 1 << 63, 10) if op == "read" else call(M.Twrite, 1, (1 << 64) - 1, b"y")
+    assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL
