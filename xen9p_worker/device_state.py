@@ -159,6 +159,9 @@ class DeviceState:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, lay.total)  # sparse: pages cost memory only once touched
+            # ... except the header written below: on a full /dev/shm, touching an unbacked page of
+            # the mapping is SIGBUS (it killed xen9pd); reserving it first fails with ENOSPC instead.
+            os.posix_fallocate(fd, 0, min(lay.total, L.HEADER_SIZE))
             mem = mmap.mmap(fd, lay.total, mmap.MAP_SHARED)
             buf = memoryview(mem)
             # Everything but the magic first; the magic last marks the segment complete.

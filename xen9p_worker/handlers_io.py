@@ -83,7 +83,12 @@ def t_lcreate(s, m, req):
     return M.Rlcreate(m.tag, qid, iounit(s))
 
 
+_MAX_OFF = (1 << 63) - 1  # host offsets are signed (found by fuzzing: pread raised OverflowError, EIO)
+
+
 def t_read(s, m, req):
+    if m.offset > _MAX_OFF:
+        raise OSError(errno.EINVAL, "offset beyond the host's range")
     e = s.fids.get(m.fid)
     count = min(m.count, s.msize - M.HEADER_SIZE - 4)
     if e.kind == FID_XATTR_READ:
@@ -152,6 +157,8 @@ def _read_into(s, m, e, segs, views, count: int) -> int:
 
 
 def t_write(s, m, req):
+    if m.offset > _MAX_OFF:
+        raise OSError(errno.EINVAL, "offset beyond the host's range")
     e = s.fids.get(m.fid)
     if e.kind == FID_XATTR_WRITE:
         return xattr_write(s, m, e)

@@ -62,6 +62,9 @@ def t_mknod(s, m, req):
     name = fs(m.name)
     quota_for(s).admit_files(1)  # max-files (auto-delete may make room)
 
+    if m.major > 0x7FFFFFFF or m.minor > 0x7FFFFFFF:  # os.makedev takes C ints (found by fuzzing)
+        raise OSError(errno.EINVAL, "device number out of range")
+
     def go(dirfd, e):
         s.backend.mknod(dirfd, name, m.mode, os.makedev(m.major, m.minor), e.uid, m.gid)
         return _new_qid(s, dirfd, name, join(e.path, name))
@@ -176,8 +179,8 @@ def t_xattrcreate(s, m, req):
     name = fs(m.name)
     if not name:
         raise OSError(errno.EINVAL, "empty xattr name")
-    s.backend.check_writable()              # a read-only export refuses now, not at clunk
-    s.backend.model.xattr_name(name, True)  # refuse reserved names now, not at clunk
+    s.backend.check_writable()             # a read-only export refuses now, not at clunk
+    s.backend.xattr_host_name(name, True)  # refuse reserved (or NUL-holding) names now, not at clunk
     s.fids.update(m.fid, e.copy(kind=FID_XATTR_WRITE, xattr_name=name, xattr_size=m.attr_size,
                                 xattr_flags=m.flags, xattr_value=b""))
     return M.Rxattrcreate(m.tag)

@@ -63,6 +63,11 @@ class ResumeFixup:
                 # The file is ours already (nothing wrote to it before the reply): open, not create.
                 msg = M.Tlcreate(msg.tag, msg.fid, msg.name, msg.flags & ~C.L_O_EXCL, msg.mode, msg.gid)
                 return M.encode(msg)
+            if e.kind == FID_PATH and msg.flags & C.L_O_EXCL and self._is_file(_join(e.path, name)):
+                # Created on the host, then killed before the fid was updated: a second O_EXCL create
+                # would answer EEXIST (found by the kill storm). Open it instead, as a re-run Tmkdir
+                # answers with the existing directory's qid.
+                return M.encode(M.Tlcreate(msg.tag, msg.fid, msg.name, msg.flags & ~C.L_O_EXCL, msg.mode, msg.gid))
         return frame
 
     def translate(self, frame, reply):
@@ -151,6 +156,16 @@ class ResumeFixup:
             self.s.fids.update(fid, e.copy(kind=FID_PATH, open_flags=-1, holder_pid=0, holder_fd=-1,
                                            xattr_name=b"", xattr_size=0, xattr_flags=0, xattr_value=b"",
                                            rclose=False, dir_offset=0, dir_cookie=0))
+
+    def _is_file(self, path: bytes) -> bool:
+        try:
+            fd = self.s.backend.walk(path)
+        except OSError:
+            return False
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
 
     def _qid(self, dfid: int, name: bytes):
         try:

@@ -88,7 +88,8 @@ class Xen9pd:
 
     def __init__(self, tmp: str, sim_dir: str, *, fake_modes: str = "", extra_env: dict | None = None,
                  args: list[str] | None = None, worker_cmd: str | None = None, wait_ready: bool = True,
-                 **settings) -> None:
+                 wrapper: list[str] | None = None, **settings) -> None:
+        """`wrapper`: argv prefix the daemon runs under (e.g. unshare for a private /dev/shm)."""
         self.tmp = tmp
         self.control = f"ipc://{tmp}/control.sock"
         conf = dict(FAST)
@@ -106,8 +107,8 @@ class Xen9pd:
         env.pop("NOTIFY_SOCKET", None)
         env.update(extra_env or {})
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "xen9p_supervisor.xen9pd", "--config", self.config_path]
-                                     + (args or []), stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.proc = subprocess.Popen((wrapper or []) + [sys.executable, "-m", "xen9p_supervisor.xen9pd", "--config",
+                                                          self.config_path] + (args or []), stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         if wait_ready:
             wait_for(lambda: self.proc.poll() is not None or self.ping(), 15, "xen9pd to answer ping")
             assert self.proc.poll() is None, "xen9pd exited:\n" + self.logs()

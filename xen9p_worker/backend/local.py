@@ -179,8 +179,21 @@ class LocalBackend:
 
     def create(self, dirfd, name, lflags, mode, uid, gid) -> int:
         self.check_writable()
-        return self.model.create(dirfd, self.check_new_name(name), host_open_flags(lflags, True),
-                                 mode, uid, gid)
+        name = self.check_new_name(name)
+        flags = host_open_flags(lflags, True)
+        try:
+            # O_EXCL always: an O_CREAT open of an existing fifo or device node would open it on the
+            # host (a fifo blocks the thread forever; a node made by Tmknod is the host's device).
+            return self.model.create(dirfd, name, flags | os.O_EXCL, mode, uid, gid)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+        # It exists: open it as Tlopen does (never a special file, never through a symlink).
+        pfd = os.open(name, H.O_PATH_NOFOLLOW, dir_fd=dirfd)
+        try:
+            return H.reopen(pfd, flags & ~os.O_CREAT)
+        finally:
+            os.close(pfd)
 
     def mkdir(self, dirfd, name, mode, uid, gid) -> None:
         self.check_writable()
@@ -250,8 +263,14 @@ class LocalBackend:
         return reader.pack(fd, offset, count, self.qidmap.base(dev), lambda ino: qpath(dev, ino),
                            hidden, self.model.mapped)
 
+    def xattr_host_name(self, name: bytes, for_write: bool) -> bytes:
+        # A NUL would end the name early in the syscall (and os.*xattr raise ValueError): found by fuzzing.
+        if b"\0" in name:
+            raise OSError(errno.EINVAL, "NUL in an xattr name")
+        return self.model.xattr_name(name, for_write)
+
     def xattr_get(self, fd: int, name: bytes) -> bytes:
-        return H.getxattr(fd, self.model.xattr_name(name, False))
+        return H.getxattr(fd, self.xattr_host_name(name, False))
 
     def xattr_list(self, fd: int) -> bytes:
         names = [os.fsencode(n) for n in H.listxattr(fd)]
@@ -260,11 +279,11 @@ class LocalBackend:
 
     def xattr_set(self, fd: int, name: bytes, value: bytes, flags: int) -> None:
         self.check_writable()
-        H.setxattr(fd, self.model.xattr_name(name, True), value, flags)
+        H.setxattr(fd, self.xattr_host_name(name, True), value, flags)
 
     def xattr_remove(self, fd: int, name: bytes) -> None:
         self.check_writable()
-        H.removexattr(fd, self.model.xattr_name(name, True))
+        H.removexattr(fd, self.xattr_host_name(name, True))
 
 
 def _time_arg(valid: int, bit: int, set_bit: int, t: tuple[int, int]):
