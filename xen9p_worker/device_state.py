@@ -203,6 +203,11 @@ class DeviceState:
             raise
         return cls(name, fd, mem, owner=False)
 
+    @property
+    def segment_fd(self) -> int:
+        """The open segment (the lock keeper inherits it: it lives while the segment keeps a name)."""
+        return self._fd
+
     def _release(self) -> None:
         try:
             self.buf.release()

@@ -44,8 +44,11 @@ HOST_CLIENT = "host"  # client_id Tgetlock reports for a holder outside this dev
 REQ_ADOPT, REQ_UNLOCK_ALL, REP_OK, REP_NONE = b"A", b"U", b"K", b"N"
 
 
-def keeper_address(state_name: str) -> str:
-    return "\0xen9p-locks-" + state_name
+def keeper_address(segment_fd: int) -> str:
+    """The keeper's abstract socket name: from the device state segment's inode, which stays the same
+    when a newly started xen9pd adopts the device and renames the segment (a name would not)."""
+    st = os.fstat(segment_fd)
+    return f"\0xen9p-locks-{st.st_dev}-{st.st_ino}"
 
 
 def _flock(type_: int, s: int, e: int) -> bytes | None:
@@ -106,9 +109,9 @@ def open_for_locks(fd: int) -> int:
 class HostLocks:
     """A worker's link to its device's lock keeper, and a small cache of the OFDs it handed out."""
 
-    def __init__(self, state_name: str, supervisor_pid: int, cache: int = 64) -> None:
-        self.state_name = state_name
-        self.supervisor_pid = supervisor_pid
+    def __init__(self, state_name: str, segment_fd: int, cache: int = 64) -> None:
+        self.state_name = state_name  # for the log
+        self.segment_fd = segment_fd
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self._max = cache
         self._sock: socket.socket | None = None
@@ -173,7 +176,7 @@ class HostLocks:
         raise AssertionError("unreachable")
 
     def _connect(self) -> socket.socket:
-        addr = keeper_address(self.state_name)
+        addr = keeper_address(self.segment_fd)
         for _ in range(100):  # another worker may be between bind() and listen()
             s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             try:
@@ -196,13 +199,19 @@ class HostLocks:
             if e.errno == errno.EADDRINUSE:
                 return False
             raise
+        # The keeper gets an open file description of the segment of its own: ours carries this worker's
+        # OFD locks (ring claim, mutexes), which an inherited copy would hold for as long as the keeper lives.
+        seg = -1
         try:
+            seg = os.open(f"/proc/self/fd/{self.segment_fd}", os.O_RDONLY | os.O_CLOEXEC)
             lst.listen(64)
             self._keeper = subprocess.Popen(
-                [sys.executable, "-m", "xen9p_worker", "lockkeeper", "--state", self.state_name,
-                 "--listen-fd", str(lst.fileno()), "--supervisor-pid", str(self.supervisor_pid)],
-                pass_fds=(lst.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL)
+                [sys.executable, "-m", "xen9p_worker", "lockkeeper", "--segment-fd", str(seg),
+                 "--listen-fd", str(lst.fileno())],
+                pass_fds=(lst.fileno(), seg), start_new_session=True, stdin=subprocess.DEVNULL)
         finally:
             lst.close()
+            if seg >= 0:
+                os.close(seg)
         log.info("started the lock keeper of %s (pid %d)", self.state_name, self._keeper.pid)
         return True

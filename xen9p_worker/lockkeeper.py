@@ -2,8 +2,10 @@
 
 Started by the first ring worker that needs it, on a listening socket that worker bound; it is
 in a session of its own and no worker's child after that worker dies, so the OFDs - and the locks
-the device's guest holds through them - outlive any worker. It exits, dropping them all, when
-the device goes: its state segment unlinked or xen9pd (the supervisor) gone.
+the device's guest holds through them - outlive any worker, and any xen9pd too (a restarted
+daemon adopts the device and renames its segment; the keeper is found by the segment's inode).
+It exits, dropping them all, when the device goes: its state segment unlinked (a closed device,
+or a dead daemon's leftover swept by the next one).
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ from .hostlocks import REP_NONE, REP_OK, REQ_ADOPT, REQ_UNLOCK_ALL, ofd_set
 from .locks import INF
 from xen9p_common.p9.constants import LOCK_TYPE_UNLCK
 
-SHM_DIR = "/dev/shm"
 _CHECK_EVERY = 1.0  # seconds between checks that the device still exists
 
 
@@ -60,31 +61,27 @@ class Keeper:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m xen9p_worker lockkeeper")
-    p.add_argument("--state", required=True)
+    p.add_argument("--segment-fd", type=int, required=True, help="the device state segment, inherited")
     p.add_argument("--listen-fd", type=int, required=True)
-    p.add_argument("--supervisor-pid", type=int, required=True)
     args = p.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     listener = socket.socket(fileno=args.listen_fd)
+    seg = args.segment_fd
     try:
-        seg = os.open(os.path.join(SHM_DIR, args.state), os.O_RDONLY | os.O_CLOEXEC)
-        sup = os.pidfd_open(args.supervisor_pid)
+        os.fstat(seg)
     except OSError as e:
-        print(f"lockkeeper: {e}", file=sys.stderr)
+        print(f"lockkeeper: device state segment: {e}", file=sys.stderr)
         return 1
     keeper = Keeper(listener)
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, "accept")
-    sel.register(sup, selectors.EVENT_READ, "supervisor")
     while os.fstat(seg).st_nlink:
         for key, _ in sel.select(_CHECK_EVERY):
             if key.data == "accept":
                 conn, _ = listener.accept()
                 sel.register(conn, selectors.EVENT_READ, "conn")
-            elif key.data == "supervisor":
-                return 0  # xen9pd is gone: so is the device
             elif not keeper.handle(key.fileobj):
                 sel.unregister(key.fileobj)
                 key.fileobj.close()

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
             fault = (point, int(n or 1))
         server = _server(args, ds)
         from .hostlocks import HostLocks
-        ds.locks.host = HostLocks(ds.name, supervisor_pid=os.getppid())  # the guest's locks held on the host too
+        ds.locks.host = HostLocks(ds.name, ds.segment_fd)  # the guest's locks held on the host too
         session = server.session(fids=ds.fids, locks=ds.locks, state=ds.session)
         worker = RingWorker(domid=args.domid, devid=args.devid, ring=args.ring, ring_ref=args.ring_ref,
                             evtchn_port=args.evtchn, grants=platform.grants(), evtchn=platform.evtchn(),

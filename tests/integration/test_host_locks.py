@@ -14,7 +14,7 @@ import pytest
 from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as M
 
-from .ring_worker_harness import wait_for
+from .ring_worker_harness import SHM_DIR, wait_for
 from .test_ring_worker import O_RDWR, attach, ok, version
 
 _FLOCK = struct.Struct("hhqqi4x")
@@ -142,3 +142,20 @@ def test_another_device_on_the_same_export_conflicts(device_factory):
     assert (r.type, r.start, r.length, r.client_id) == (WR, 0, 10, "host")
     assert _lock(a, 10, 7, UN, 0, 10, client="guest-a") == C.LOCK_SUCCESS
     assert _lock(b, 10, 7, RD, 5, 1, client="guest-b") == C.LOCK_SUCCESS
+
+
+def test_the_guests_locks_outlive_an_adoption_that_renames_the_segment(dev):
+    """A restarted xen9pd adopts the device and renames its segment; workers started after that know
+    only the new name, and must still reach the keeper that holds the guest's locks."""
+    d, host = dev
+    assert _lock(d, 6, 7, WR, 0, 10) == C.LOCK_SUCCESS    # ring 0 took it: the keeper holds it
+    for ring in (0, 1):
+        assert d.kill(ring) == -9
+    new = d.name + "-adopted"
+    os.rename(os.path.join(SHM_DIR, d.name), os.path.join(SHM_DIR, new))
+    d.name = d.ds.name = new
+    assert not host.lock(fcntl.F_WRLCK, 0, 1)
+    d.start(0)
+    d.start(1)
+    assert _lock(d, 8, 7, UN, 0, 10) == C.LOCK_SUCCESS    # through the same keeper: the host sees it go
+    assert host.lock(fcntl.F_WRLCK, 0, 1)
