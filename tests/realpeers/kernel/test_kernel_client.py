@@ -1,11 +1,12 @@
 """The Linux kernel's 9p client (QEMU/TCG guest) against diod and against xen9p's socket server, for each
-Debian kernel of kernel_sources. One boot per kernel and server collects every check; each check of the
-guest's report is one test here."""
+Debian kernel of kernel_sources; and against xen9p mounted with version=9p2000.u (guest/posix_u.sh: what
+Linux can do over .u; diod serves 9P2000.L only). One boot per kernel, server and dialect collects every
+check; each check of the guest's report is one test here."""
 from __future__ import annotations
 
 import pytest
 
-from .catalog import DIOD_KNOWN_FAILURES, selected_plan
+from .catalog import DIOD_KNOWN_FAILURES, PLAN_U, selected_plan
 from .guest_image import GuestBuildError, GuestImage, build_guest
 from .kernel_sources import KernelSource, plan_for, selected_kernels
 from .qemu_boot import qemu_binary
@@ -16,16 +17,17 @@ pytestmark = [pytest.mark.realpeer, pytest.mark.slow]
 PLAN = selected_plan()
 KERNELS = selected_kernels()
 SERVERS = ("diod", "xen9p")
-CASES = [(k, s) for k in KERNELS for s in SERVERS]
+# A case: (kernel, server, plan). The 9P2000.L suite against both servers; the .u one against xen9p.
+CASES = [(k, s, plan_for(k, PLAN)) for k in KERNELS for s in SERVERS] + [(k, "xen9p", PLAN_U) for k in KERNELS]
 
 
 @pytest.fixture(scope="module")
 def kernel_run(tmp_path_factory):
-    """kernel_run(kernel, server): boots the guest once per kernel and server, keeps the whole report."""
+    """kernel_run(kernel, server, plan): boots the guest once per case, keeps the whole report."""
     images: dict[str, GuestImage | str] = {}
     runs: dict[tuple[str, str], KernelRun | str | Exception] = {}
 
-    def get(kernel: KernelSource, server: str) -> KernelRun:
+    def get(kernel: KernelSource, server: str, plan) -> KernelRun:
         if qemu_binary() is None:
             pytest.skip("qemu-system-x86_64 is not installed")
         if kernel.name not in images:
@@ -36,11 +38,11 @@ def kernel_run(tmp_path_factory):
         image = images[kernel.name]
         if isinstance(image, str):
             pytest.skip(image)
-        key = (kernel.name, server)
+        key = (kernel.name, server, plan.level)
         if key not in runs:
             try:
-                run = run_against(server, plan_for(kernel, PLAN),
-                                  tmp_path_factory.mktemp(f"kernel-{kernel.name}-{server}"), image=image)
+                run = run_against(server, plan, tmp_path_factory.mktemp(f"kernel-{kernel.name}-{server}-{plan.level}"),
+                                  image=image)
             except Exception as e:  # every check of this run fails with it, once per test, in one line
                 run = e
             runs[key] = run
@@ -49,7 +51,8 @@ def kernel_run(tmp_path_factory):
                 print("\n" + run.summary())
         run = runs[key]
         if isinstance(run, Exception):
-            pytest.fail(f"the {kernel.name}/{server} run failed: {type(run).__name__}: {run}", pytrace=False)
+            pytest.fail(f"the {kernel.name}/{server}/{plan.level} run failed: {type(run).__name__}: {run}",
+                        pytrace=False)
         if isinstance(run, str):
             pytest.skip(run)
         return run
@@ -57,7 +60,8 @@ def kernel_run(tmp_path_factory):
 
 
 def _ids(case) -> str:
-    return f"{case[0].name}-{case[1]}"
+    kernel, server, plan = case
+    return f"{kernel.name}-{server}" + ("-9p2000.u" if plan is PLAN_U else "")
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
@@ -66,9 +70,11 @@ def test_guest_finished(kernel_run, case) -> None:
     assert not run.boot.timed_out, f"guest hit the wall-clock limit; see {run.boot.log_path}"
     assert run.report.done is not None, f"guest never printed @@DONE; see {run.boot.log_path}"
     assert run.unexpected() == [], "guest reported checks the catalog does not know"
+    if run.server == "xen9p":
+        assert run.server_rc == 0, f"xen9p did not stop cleanly; see {run.server_log}"
 
 
-@pytest.mark.parametrize("case,check", [(c, check) for c in CASES for check in plan_for(c[0], PLAN).expected_checks()],
+@pytest.mark.parametrize("case,check", [(c, check) for c in CASES for check in c[2].expected_checks()],
                          ids=lambda v: v if isinstance(v, str) else _ids(v))
 def test_check(kernel_run, case, check: str) -> None:
     run = kernel_run(*case)
