@@ -14,7 +14,7 @@ from xen9p_common.p9 import messages as M
 from xen9p_common.p9 import constants as C
 
 from .backend.dirents import DirReader
-from .backend.hostops import reopen
+from .backend.hostops import OFF_MAX, reopen
 from .backend.local import host_open_flags, join
 from .fdcache import ROLE_OPEN, ROLE_PATH
 from .fidfds import fs, iounit, open_slot, path_entry, path_slot
@@ -83,7 +83,7 @@ def t_lcreate(s, m, req):
     return M.Rlcreate(m.tag, qid, iounit(s))
 
 
-_MAX_OFF = (1 << 63) - 1  # host offsets are signed (found by fuzzing: pread raised OverflowError, EIO)
+_MAX_OFF = OFF_MAX  # (found by fuzzing: pread raised OverflowError, EIO)
 
 
 def t_read(s, m, req):

@@ -28,13 +28,14 @@ from typing import Callable
 
 from xen9p_common.p9.constants import LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK, LOCK_TYPE_WRLCK
 
+from .backend.hostops import OFF_MAX
 from .locks import INF, Lock, coverage
 
 log = logging.getLogger("xen9p.locks")
 
 # struct flock (x86-64/arm64): l_type h, l_whence h, l_start q, l_len q, l_pid i (+pad)
 _FLOCK = struct.Struct("hhqqi4x")
-_OFF_MAX = (1 << 63) - 1
+_OFF_MAX = OFF_MAX
 _HOST_TYPE = {LOCK_TYPE_RDLCK: fcntl.F_RDLCK, LOCK_TYPE_WRLCK: fcntl.F_WRLCK, LOCK_TYPE_UNLCK: fcntl.F_UNLCK}
 _P9_TYPE = {v: k for k, v in _HOST_TYPE.items()}
 HOST_CLIENT = "host"  # client_id Tgetlock reports for a holder outside this device

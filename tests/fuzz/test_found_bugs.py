@@ -101,3 +101,19 @@ def test_offsets_above_the_hosts_signed_range_are_einval(conn, op):
     assert isinstance(call(M.Tlopen, 1, C.L_O_RDWR), M.Rlopen)
     r = call(M.Tread, 1, 1 << 63, 10) if op == "read" else call(M.Twrite, 1, (1 << 64) - 1, b"y")
     assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL
+
+
+@pytest.mark.parametrize("valid,size,atime,mtime", [
+    (C.SETATTR_SIZE, 1 << 63, (0, 0), (0, 0)),
+    (C.SETATTR_ATIME | C.SETATTR_ATIME_SET, 0, (1 << 63, 0), (0, 0)),
+    (C.SETATTR_MTIME | C.SETATTR_MTIME_SET, 0, (0, 0), (5, 1_000_000_000)),
+])
+def test_setattr_values_the_host_cannot_hold_are_einval_and_change_nothing(conn, valid, size, atime, mtime):
+    export, call = conn
+    (export / "f").write_bytes(b"data")
+    before = os.stat(export / "f")
+    assert isinstance(call(M.Twalk, 0, 1, ("f",)), M.Rwalk)
+    r = call(M.Tsetattr, 1, valid | C.SETATTR_MODE, 0o600, 0, 0, size, atime[0], atime[1], mtime[0], mtime[1])
+    assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL  # not EIO with a traceback
+    after = os.stat(export / "f")
+    assert (after.st_size, after.st_mode, after.st_mtime_ns) == (before.st_size, before.st_mode, before.st_mtime_ns)

@@ -11,6 +11,7 @@ import os
 import stat
 
 O_PATH_NOFOLLOW = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+OFF_MAX = (1 << 63) - 1  # host offsets, sizes and time_t are signed 64-bit: a guest's u64 above it is EINVAL
 
 
 def proc(fd: int) -> str:

@@ -137,6 +137,14 @@ class LocalBackend:
                 atime: tuple[int, int], mtime: tuple[int, int]) -> None:
         """Tsetattr in QEMU's order: mode, times, owner, size; fd may be O_PATH or open."""
         self.check_writable()
+        # Values the host cannot take are refused before anything changes (found by fuzzing: a size
+        # above 2^63-1 raised OverflowError in truncate, an EIO and a traceback per request).
+        if valid & C.SETATTR_SIZE and size > H.OFF_MAX:
+            raise OSError(errno.EINVAL, "size beyond what the host can hold")
+        for bit, set_bit, (sec, nsec) in ((C.SETATTR_ATIME, C.SETATTR_ATIME_SET, atime),
+                                          (C.SETATTR_MTIME, C.SETATTR_MTIME_SET, mtime)):
+            if valid & bit and valid & set_bit and (sec > H.OFF_MAX or nsec >= 1_000_000_000):
+                raise OSError(errno.EINVAL, "time out of range")
         st = os.fstat(fd)
         with self.where(rel) as where:
             if valid & C.SETATTR_MODE:
