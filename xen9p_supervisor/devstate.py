@@ -126,9 +126,9 @@ SEGMENT = re.compile(r"^xen9p-(?:ds-)?(\d+)-(\d+)-(\d+)-\d+$")
 _seq = itertools.count(1)
 
 
-def segment_name(domid: int, devid: int) -> str:
-    """A fresh segment name owned by this process."""
-    return f"xen9p-ds-{domid}-{devid}-{os.getpid()}-{next(_seq)}"
+def segment_name(domid: int, devid: int, owner: int | None = None, seq: int | str | None = None) -> str:
+    """A fresh segment name owned by this process (or, with owner and seq, e.g. seq="*", a pattern)."""
+    return f"xen9p-ds-{domid}-{devid}-{os.getpid() if owner is None else owner}-{next(_seq) if seq is None else seq}"
 
 
 def mapped_segments(shm_dir: str = "/dev/shm", proc: str = "/proc") -> set[str]:

@@ -242,12 +242,20 @@ class Demo:
             left = c.stop(grace=15.0 if c is self.xen9pd else 5.0)
             if left:
                 self.leftovers.append(f"{c.name}: processes {left} outlived it (killed)")
+        alive = []
         for pid, created in self.seen_pids.items():
             try:
                 p = psutil.Process(pid)
                 if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                    self.leftovers.append(f"process {pid} ({' '.join(p.cmdline()[:3])}) left behind (killed)")
-                    p.kill()
+                    alive.append(p)
+            except psutil.Error:
+                pass
+        # A device's lock keeper ends on its own once xen9pd freed the device: allow it a moment.
+        _, alive = psutil.wait_procs(alive, timeout=3.0)
+        for p in alive:
+            try:
+                self.leftovers.append(f"process {p.pid} ({' '.join(p.cmdline()[:3])}) left behind (killed)")
+                p.kill()
             except psutil.Error:
                 pass
         pid = self.xen9pd.pid if self.xen9pd else None

@@ -10,6 +10,7 @@ or a dead daemon's leftover swept by the next one).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import resource
 import selectors
@@ -20,7 +21,23 @@ from .hostlocks import REP_NONE, REP_OK, REQ_ADOPT, REQ_UNLOCK_ALL, ofd_set
 from .locks import INF
 from xen9p_common.p9.constants import LOCK_TYPE_UNLCK
 
-_CHECK_EVERY = 1.0  # seconds between checks that the device still exists
+_CHECK_EVERY = 1.0  # seconds between checks that the device still exists (inotify says it at once)
+_IN_ATTRIB, _IN_DELETE_SELF = 0x4, 0x400
+_IN_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def watch_links(fd: int) -> int | None:
+    """An inotify fd that becomes readable when the file open as `fd` loses a name (unlink changes
+    its link count: IN_ATTRIB), so the keeper exits as soon as xen9pd frees the device; None if the
+    kernel refuses (the periodic check still ends the keeper)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ino = libc.inotify_init1(_IN_NONBLOCK_CLOEXEC)
+    if ino < 0:
+        return None
+    if libc.inotify_add_watch(ino, f"/proc/self/fd/{fd}".encode(), _IN_ATTRIB | _IN_DELETE_SELF) < 0:
+        os.close(ino)
+        return None
+    return ino
 
 
 class Keeper:
@@ -77,11 +94,19 @@ def main(argv=None) -> int:
     keeper = Keeper(listener)
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ, "accept")
+    links = watch_links(seg)
+    if links is not None:
+        sel.register(links, selectors.EVENT_READ, "links")
     while os.fstat(seg).st_nlink:
         for key, _ in sel.select(_CHECK_EVERY):
             if key.data == "accept":
                 conn, _ = listener.accept()
                 sel.register(conn, selectors.EVENT_READ, "conn")
+            elif key.data == "links":
+                try:
+                    os.read(links, 4096)  # the loop's condition looks again
+                except BlockingIOError:
+                    pass
             elif not keeper.handle(key.fileobj):
                 sel.unregister(key.fileobj)
                 key.fileobj.close()

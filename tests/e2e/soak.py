@@ -18,6 +18,7 @@ import psutil
 from tests.e2e.real_guest import DEADLINE, RealGuest, World, ring
 from tests.e2e.verified_load import VerifiedLoad
 from tests.e2e.xen9pd_helpers import wait_for
+from xen9p_supervisor.devstate import segment_name
 
 SAMPLE_EVERY_OPS = 400
 
@@ -41,8 +42,8 @@ def soak(seconds: float, devices: int = 8, log=print) -> dict:
             gs.append(g)
             loads.append(VerifiedLoad(g.client, g.root, g.export, threads=1, seed=i).start())
         d = world.daemon
-        # This daemon's device segments only (xen9p-<domid>-<devid>-<xen9pd pid>-<n>): other jobs use /dev/shm too.
-        segs = [f"/dev/shm/xen9p-{g.domid}-0-{d.proc.pid}-*" for g in gs]
+        # This daemon's device segments only: other jobs use /dev/shm too.
+        segs = [f"/dev/shm/{segment_name(g.domid, 0, d.proc.pid, '*')}" for g in gs]
         assert all(glob.glob(p) for p in segs), "device segments not where expected"
         names = [f"dom{g.domid}/dev0/ring{r}" for g in gs for r in (0, 1)]
         total = lambda: sum(ld.ops for ld in loads)  # noqa: E731

@@ -22,6 +22,7 @@ from tests.e2e.xen9pd_helpers import ROOT, env_for_children, wait_for
 from xen9p_common.client import ClientError
 from xen9p_common.xenbus import XenbusState
 from xen9p_supervisor.devstate import segments_of
+from xen9p_worker.shared.layout import LAYOUT_VERSION
 
 
 @pytest.fixture
@@ -182,7 +183,7 @@ def test_device_state_of_another_layout_is_refused_and_the_device_closed(world):
         g.wait_closed()
         assert g.fe.backend_closed.wait(DEADLINE)
         assert (f"{g.name}: not adopting the previous xen9pd's device: its device state {seg} has layout version "
-                f"99, and this xen9pd reads only layout 1") in new.logs(), new.logs()
+                f"99, and this xen9pd reads only layout {LAYOUT_VERSION}") in new.logs(), new.logs()
         for pid in old_pids.values():  # the old workers are stopped, never left serving beside a new session
             wait_for(lambda pid=pid: _gone(pid), DEADLINE, f"old worker {pid} stopped")
         with pytest.raises(ClientError):
