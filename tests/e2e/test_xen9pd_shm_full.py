@@ -15,7 +15,8 @@ from tests.e2e.real_guest import DEADLINE, RealGuest, World
 from xen9p_common.platform.sim.frontend import FrontendError
 from xen9p_common.xenbus import XenbusState
 
-SHM_SIZE = "512m"
+SHM_MIB = 512
+SHM_SIZE = f"{SHM_MIB}m"
 PRIVATE_SHM = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                f'mount -t tmpfs -o size={SHM_SIZE} tmpfs /dev/shm && exec "$@"', "sh"]
 
@@ -44,12 +45,19 @@ def world():
 
 
 def _in_daemon_ns(world, *cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["nsenter", "--target", str(world.daemon.proc.pid), "--mount", *cmd],
-                          capture_output=True, text=True, timeout=120)
+    # --root/--wd: entering a mount namespace resets the root to the namespace's own, which would
+    # escape a chroot the suite runs in (and fill the host's RAM-backed /dev/shm instead of ours).
+    return subprocess.run(["nsenter", "--target", str(world.daemon.proc.pid), "--mount", "--root", "--wd",
+                           *cmd], capture_output=True, text=True, timeout=120)
 
 
 def _fill(world) -> None:
-    r = _in_daemon_ns(world, "sh", "-c", "dd if=/dev/zero of=/dev/shm/filler bs=1M 2>&1; df -k /dev/shm")
+    size = _in_daemon_ns(world, "df", "-k", "--output=size", "/dev/shm")
+    kib = int(size.stdout.split()[-1]) if size.returncode == 0 else -1
+    assert 0 < kib <= SHM_MIB * 1024, f"not the daemon's private {SHM_SIZE} /dev/shm: {size.stdout}{size.stderr}"
+    # Bounded all the same: never more than the private tmpfs could hold.
+    r = _in_daemon_ns(world, "sh", "-c",
+                      f"dd if=/dev/zero of=/dev/shm/filler bs=1M count={SHM_MIB + 16} 2>&1; df -k /dev/shm")
     assert "No space left" in r.stdout, r.stdout + r.stderr
 
 
