@@ -26,7 +26,7 @@ from xen9p_common.p9 import messages as M  # noqa: E402
 from xen9p_common.platform.sim.evtchn import SimEventChannels  # noqa: E402
 from xen9p_common.platform.sim.grants import SimDomainMemory  # noqa: E402
 from xen9p_common.ring import FrontendRing, Intf, ring_size  # noqa: E402
-from xen9p_worker.device_state import DeviceState  # noqa: E402
+from xen9p_worker.shared.device_state import DeviceState  # noqa: E402
 from bench.channels import ReplyReader  # noqa: E402
 
 GUEST = 9

@@ -119,7 +119,7 @@ def ring_missing() -> str | None:
         from xen9p_common.platform.sim.evtchn import SimEventChannels  # noqa: F401
         from xen9p_common.platform.sim.grants import SimDomainMemory  # noqa: F401
         from xen9p_worker import ring_main  # noqa: F401
-        from xen9p_worker.device_state import DeviceState  # noqa: F401
+        from xen9p_worker.shared.device_state import DeviceState  # noqa: F401
     except ImportError as e:
         return f"ring path unavailable: {e}"
     if not os.path.isdir("/dev/shm"):
@@ -145,7 +145,7 @@ class RingDevice:
 
         from xen9p_common.platform.sim.grants import SimDomainMemory
         from xen9p_common.ring import Intf
-        from xen9p_worker.device_state import DeviceState
+        from xen9p_worker.shared.device_state import DeviceState
 
         self.base, self.export, self.num_rings, self.order = base, export, num_rings, order
         self.security_model, self.threads = security_model, threads

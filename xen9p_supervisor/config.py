@@ -167,7 +167,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("prometheus", _prometheus, None, "serve Prometheus metrics on [HOST:]PORT"),
     Option("log_level", _choice(*LOG_LEVELS), "info", "log level"),
     Option("worker_cmd", _cmd, (sys.executable, "-m", "xen9p_worker"), "command that runs one ring worker"),
-    Option("device_state", _choice(*DEVICE_STATE_KINDS), "auto", "shared device state: auto, shm or none"),
+    Option("device_state", _choice(*DEVICE_STATE_KINDS), "auto", "shared device state: shm (auto is the same) or none"),
     Option("max_fids", _int(16, 1 << 24), 16384, "fids per device"),
     Option("max_open_files", _int(1, 1 << 20), 1024, "open files per device unless the toolstack says"),
     Option("worker_spin_us", _float(0.0, 10000.0), 30.0,

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from xen9p_common.control import RingSpec, ring_name
 from xen9p_common.errors import Xen9pError, XenStoreError
+from xen9p_common.models import SECURITY_MODELS
 from xen9p_common.platform import Transaction, XenStore
 from xen9p_common.xenbus import (Action, DeviceState, Event, XenbusState, backend_event, frontend_event,
                                  parse_state, transition)
@@ -21,7 +22,6 @@ from . import policy
 from .config import Config
 from .devstate import DeviceStateFactory, Limits, StateHandle, segment_name
 from .export_dir import ExportError, ensure_export
-from .policy import SECURITY_MODELS
 from .restart import RestartPolicy
 from .workers import CpuAllocator, Launcher, Ring, RingSet, SpawnError
 

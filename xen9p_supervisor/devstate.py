@@ -1,10 +1,9 @@
-"""The seam between xen9pd and the per-device shared state (xen9p_worker.device_state).
+"""The seam between xen9pd and the per-device shared state (xen9p_worker.shared.device_state).
 
 The Device FSM only calls factory.create(...) and handle.close()/unlink(); which implementation runs is chosen in main().
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
 import os
@@ -14,6 +13,7 @@ from typing import Any, Protocol
 
 from xen9p_common.errors import Xen9pError
 from xen9p_common.procs import pid_alive
+from xen9p_worker.shared.device_state import DeviceState
 
 log = logging.getLogger("xen9pd")
 
@@ -65,56 +65,31 @@ class NullStateFactory:
 
 
 class ShmStateFactory:
-    """xen9p_worker.device_state.DeviceState.create(...) in shared memory."""
-
-    def __init__(self, cls: Any) -> None:
-        self.cls = cls
+    """DeviceState.create(...) in shared memory (xen9p_worker.shared.device_state, which the workers attach)."""
 
     def create(self, name: str, *, limits: Limits, export: str, security_model: str, msize_cap: int,
                num_rings: int) -> StateHandle:
-        kwargs = dict(max_fids=limits.max_fids, max_open_files=limits.max_open_files,
-                      max_space_mb=limits.max_space_mb, export=export, security_model=security_model,
-                      msize_cap=msize_cap, num_rings=num_rings)
-        # max-files and auto-delete are passed when the state knows them (older states do not).
-        for k, v in (("max_files", limits.max_files), ("auto_delete", limits.auto_delete),
-                     ("readonly", limits.readonly)):
-            if _accepts(self.cls.create, k):
-                kwargs[k] = v
         try:
-            return self.cls.create(name, **kwargs)
+            return DeviceState.create(
+                name, max_fids=limits.max_fids, max_open_files=limits.max_open_files,
+                max_space_mb=limits.max_space_mb, export=export, security_model=security_model,
+                msize_cap=msize_cap, num_rings=num_rings, max_files=limits.max_files,
+                auto_delete=limits.auto_delete, readonly=limits.readonly)
         except (OSError, ValueError, Xen9pError) as e:
             raise Xen9pError(f"cannot create device state {name}: {e}") from e
 
     def attach(self, name: str) -> StateHandle:
         """An existing segment (a previous xen9pd's, being adopted)."""
-        return self.cls.attach(name)
+        return DeviceState.attach(name)
 
     def layout_version(self, name: str) -> tuple[int | None, int]:
         """(the layout version segment `name` declares or None if it is no device state, the one we read)."""
-        return self.cls.layout_version(name), self.cls.LAYOUT_VERSION
-
-
-def _accepts(fn: Any, kw: str) -> bool:
-    import inspect
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return kw in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        return DeviceState.layout_version(name), DeviceState.LAYOUT_VERSION
 
 
 def make_factory(kind: str) -> DeviceStateFactory:
-    """'none' -> NullStateFactory; 'shm' -> the worker's DeviceState (must import); 'auto' -> shm if available."""
-    if kind == "none":
-        return NullStateFactory()
-    try:
-        mod = importlib.import_module("xen9p_worker.device_state")
-        return ShmStateFactory(mod.DeviceState)
-    except (ImportError, AttributeError) as e:
-        if kind == "shm":
-            raise Xen9pError(f"device_state=shm but xen9p_worker.device_state is unavailable: {e}") from e
-        log.warning("xen9p_worker.device_state unavailable (%s); devices get no shared state", e)
-        return NullStateFactory()
+    """'none' -> no shared state (NullStateFactory); 'shm' or 'auto' -> the shared-memory DeviceState."""
+    return NullStateFactory() if kind == "none" else ShmStateFactory()
 
 
 # Device state segments are named xen9p-ds-<domid>-<devid>-<owner pid>-<seq>: the owner is the xen9pd that

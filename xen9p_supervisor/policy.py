@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-SECURITY_MODELS = ("none", "passthrough", "mapped-xattr", "mapped", "mapped-file")
+from xen9p_common.models import SECURITY_MODELS
+
 _MATCH = ("domain", "tag", "path")
 _LIMITS = {"max_open_files": (1, 1 << 20), "max_space": (0, 1 << 40), "max_files": (0, 1 << 31)}
 

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     if not 0 <= args.max_ring_order <= 9 or args.threads < 1 or args.stall_after < 0 or args.spin_us < 0:
         print("ring: --max-ring-order must be 0..9, --threads >= 1, --stall-after and --spin-us >= 0", file=sys.stderr)
         return EXIT_USAGE
-    from .device_state import DeviceState
+    from .shared.device_state import DeviceState
     from .memtune import tune_malloc
 
     tune_malloc()  # before the I/O threads exist: they pick their arenas on first malloc

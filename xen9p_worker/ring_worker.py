@@ -53,7 +53,7 @@ from xen9p_common.p9 import messages as M
 from xen9p_common.procs import pid_alive
 from xen9p_common.ring import BackendRing, Intf, IntfLayout, NoRoom
 
-from .device_state import DeviceState
+from .shared.device_state import DeviceState
 from .metrics import RingMetrics
 from .ring_resume import ResumeFixup
 from .shared import journal as J

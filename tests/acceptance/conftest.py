@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from xen9p_common.client import Client, Fid
+from xen9p_sim.client import Client, Fid
 
 from .servers import MSIZE, SERVERS, Server, start_server, stop_server
 

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from xen9p_common.client import P9Error
+from xen9p_sim.client import P9Error
 from xen9p_common.p9 import constants as c
 
 RDWR_CREATE = c.L_O_RDWR | c.L_O_CREAT

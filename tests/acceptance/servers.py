@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from xen9p_common.client import Client, Fid, SocketTransport
+from xen9p_sim.client import Client, Fid, SocketTransport
 
 DIOD = "/usr/sbin/diod"
 MODELS = ("passthrough", "none", "mapped-xattr", "mapped-file")

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from xen9p_common.client import (Client, ConnectionClosed, Flushed, P9Error, RpcTimeout, SocketTransport,
+from xen9p_sim.client import (Client, ConnectionClosed, Flushed, P9Error, RpcTimeout, SocketTransport,
                                  UnexpectedReply)
 from xen9p_common.errors import ProtocolError
 from xen9p_common.p9 import messages as m

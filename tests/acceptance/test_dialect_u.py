@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from xen9p_common.client import P9Error
+from xen9p_sim.client import P9Error
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
 from xen9p_common.p9.stat import STAT_DONT_TOUCH, pack_stat

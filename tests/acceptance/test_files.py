@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from xen9p_common.client import P9Error
+from xen9p_sim.client import P9Error
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
 from xen9p_common.p9.dirent import unpack_dirents

@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from xen9p_common.client import P9Error
+from xen9p_sim.client import P9Error
 from xen9p_common.p9 import constants as c
 
 from .helpers import RDWR_CREATE, raises_errno

@@ -10,7 +10,7 @@ from concurrent.futures import wait
 
 import pytest
 
-from xen9p_common.client import Client, P9Error, SocketTransport
+from xen9p_sim.client import Client, P9Error, SocketTransport
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
 

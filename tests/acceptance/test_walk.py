@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from xen9p_common.client import ConnectionClosed, P9Error
+from xen9p_sim.client import ConnectionClosed, P9Error
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from xen9p_common.client import Flushed, P9Error
+from xen9p_sim.client import Flushed, P9Error
 from xen9p_common.p9 import constants as c
 
 from .helpers import raises_errno

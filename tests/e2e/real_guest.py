@@ -18,14 +18,14 @@ import time
 import pytest
 
 from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with, wait_for
-from xen9p_common.client import Client, P9Error
+from xen9p_sim.client import Client, P9Error
 from xen9p_common.errors import Xen9pError
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
-from xen9p_common.platform.sim.frontend import Misbehave, SimFrontend, mount
+from xen9p_sim.frontend.linux import Misbehave, SimFrontend, mount
 from xen9p_common.xenbus import XenbusState
 from xen9p_supervisor import toolstack
-from xen9p_supervisor.xen9psim import attach_device, destroy_domain
+from xen9p_sim.cli import attach_device, destroy_domain
 
 DEADLINE = 20.0
 REAL_WORKER = f"{sys.executable} -m xen9p_worker"

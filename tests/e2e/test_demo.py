@@ -17,7 +17,7 @@ import pytest
 
 from xen9p_supervisor.devstate import segments_of
 from tests.e2e.xen9pd_helpers import ROOT, env_for_children, procs_with, wait_for
-from xen9p_supervisor.sim_demo import DEMO_GUESTS, UNDER_WAY_OPS
+from xen9p_sim.demo import DEMO_GUESTS, UNDER_WAY_OPS
 
 SHM = "/dev/shm"
 
@@ -56,7 +56,7 @@ def _demo(*extra: str) -> subprocess.Popen:
     if ignored:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return subprocess.Popen([sys.executable, "-m", "xen9p_supervisor.xen9psim", "demo", "--no-progress", *extra],
+        return subprocess.Popen([sys.executable, "-m", "xen9p_sim.cli", "demo", "--no-progress", *extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                 env=env_for_children(), start_new_session=True)
     finally:
@@ -176,7 +176,7 @@ def test_walkthrough_by_hand(pieces, tmp_path):
     ctl = f"ipc://{sim}/control.sock"
     procs = []
     try:
-        procs.append(subprocess.Popen([sys.executable, "-m", "xen9p_supervisor.xen9psim", "xenstored"],
+        procs.append(subprocess.Popen([sys.executable, "-m", "xen9p_sim.cli", "xenstored"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env,
                                       start_new_session=True))
         wait_for(lambda: os.path.exists(os.path.join(sim, "xenstored.sock")), 15, "xenstored socket")
@@ -191,27 +191,27 @@ def test_walkthrough_by_hand(pieces, tmp_path):
         share = tmp_path / "share"
         share.mkdir()
         (share / "hello.txt").write_text("hello\n")
-        r = _run("xen9p_supervisor.xen9psim", "attach", "--domid", "5", "--path", str(share), "--tag", "share",
+        r = _run("xen9p_sim.cli", "attach", "--domid", "5", "--path", str(share), "--tag", "share",
                  "--security-model", "mapped-xattr", env=env)
         assert r.returncode == 0, r.stderr
         assert "/local/domain/0/backend/xen_9pfs/5/0" in r.stdout
-        r = _run("xen9p_supervisor.xen9psim", "guest", "--domid", "5", "--tag", "share", "--rounds", "2",
+        r = _run("xen9p_sim.cli", "guest", "--domid", "5", "--tag", "share", "--rounds", "2",
                  "run", "smoke,readdir", env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "0 errors" in r.stdout and "msize 131096, 2 rings of order 9" in r.stdout
         ran = re.findall(r"^  (smoke|readdir) ", r.stdout, re.M)
         assert ran == ["smoke", "readdir"] * 2, r.stdout  # --rounds 2: the list twice
         assert (share / "hello.txt").read_text() == "hello\n"
-        r = _run("xen9p_supervisor.xen9psim", "guest", "--domid", "5", "--tag", "share", "--rounds", "-1",
+        r = _run("xen9p_sim.cli", "guest", "--domid", "5", "--tag", "share", "--rounds", "-1",
                  "run", "smoke", env=env)
         assert r.returncode == 2 and "--rounds" in r.stderr
         r = _run("xen9p_supervisor.xen9pctl", "--control", ctl, "--json", "status", env=env)
         assert r.returncode == 0, r.stderr
         devs = {d["name"]: d for d in json.loads(r.stdout)["devices"]}
         assert devs["dom5/dev0"]["tag"] == "share"
-        r = _run("xen9p_supervisor.xen9psim", "detach", "--domid", "5", env=env)
+        r = _run("xen9p_sim.cli", "detach", "--domid", "5", env=env)
         assert r.returncode == 0, r.stdout + r.stderr
-        r = _run("xen9p_supervisor.xen9psim", "guest", "--domid", "5", "--tag", "share", "--timeout", "1",
+        r = _run("xen9p_sim.cli", "guest", "--domid", "5", "--tag", "share", "--timeout", "1",
                  "run", "smoke", env=env)
         assert r.returncode != 0  # the device is gone
     finally:

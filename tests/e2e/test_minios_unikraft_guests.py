@@ -16,19 +16,19 @@ import pytest
 
 from tests.e2e.real_guest import DEADLINE, World, ring, wait_new_worker
 from tests.e2e.xen9pd_helpers import ROOT, env_for_children, wait_for
-from xen9p_common.client import P9Error
+from xen9p_sim.client import P9Error
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
-from xen9p_common.platform.sim.frontend import Misbehave
-from xen9p_common.platform.sim.frontend_minios import MiniOSFrontend
-from xen9p_common.platform.sim.frontend_unikraft import UnikraftFrontend, uk_mkdir, uk_remove, unikraft_mount
-from xen9p_common.platform.sim.minios_session import ROOT_FID, MiniOSSession
-from xen9p_common.platform.sim.workloads import run_workload
-from xen9p_common.platform.sim.workloads_minios import live_update, minios
+from xen9p_sim.frontend.linux import Misbehave
+from xen9p_sim.frontend.minios import MiniOSFrontend
+from xen9p_sim.frontend.unikraft import UnikraftFrontend, uk_mkdir, uk_remove, unikraft_mount
+from xen9p_sim.frontend.minios_session import ROOT_FID, MiniOSSession
+from xen9p_sim.workloads import run_workload
+from xen9p_sim.workloads.minios import live_update, minios
 from xen9p_common.ring import ring_size
 from xen9p_common.xenbus import XenbusState
 from xen9p_supervisor import toolstack
-from xen9p_supervisor.xen9psim import attach_device, destroy_domain
+from xen9p_sim.cli import attach_device, destroy_domain
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_unikraft_session_mkdir_by_tcreate_remove_by_tremove_and_full_ring_reads
 def test_xen9psim_guest_runs_each_kernel(world, domid, frontend, workloads, version, msize):
     """`xen9psim guest --frontend ...`: the simulated guests as the CLI (and the demo) run them."""
     with Attached(world, domid) as g:
-        r = subprocess.run([sys.executable, "-m", "xen9p_supervisor.xen9psim", "--sim-dir", world.dir, "guest",
+        r = subprocess.run([sys.executable, "-m", "xen9p_sim.cli", "--sim-dir", world.dir, "guest",
                             "--domid", str(domid), "--tag", "share", "--frontend", frontend, "--json", "run",
                             workloads], capture_output=True, text=True, cwd=ROOT, env=env_for_children(),
                            timeout=120)

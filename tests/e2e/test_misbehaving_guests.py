@@ -16,12 +16,12 @@ from tests.e2e.xen9pd_helpers import procs_with, wait_for
 from xen9p_common.errors import PlatformError, XenStoreError
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m
-from xen9p_common.platform.sim.frontend import FrontendError, Misbehave, domain_socket, flood_tflush
+from xen9p_sim.frontend.linux import FrontendError, Misbehave, domain_socket, flood_tflush
 from xen9p_common.platform.sim.grants import SimGrantMapper
 from xen9p_common.platform.xswire import XsWireClient
 from xen9p_common.xenbus import XenbusState
 from xen9p_supervisor import toolstack
-from xen9p_supervisor.xen9psim import destroy_domain
+from xen9p_sim.cli import destroy_domain
 
 
 
@@ -179,7 +179,7 @@ def test_frontend_reconnects_after_closed(world):
         g.wait_closed()
         tr = g.fe.reconnect()
         assert g.be_state() == XenbusState.Connected
-        from xen9p_common.client import Client
+        from xen9p_sim.client import Client
         g.client = Client(tr, name="again")
         g.client.version(128 * 1024 + 24)
         g.root = g.client.attach("", "root", 0)

@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.real_guest import DEADLINE, Load, RealGuest, World, ring
 from tests.e2e.xen9pd_helpers import ROOT, env_for_children, wait_for
-from xen9p_common.client import ClientError
+from xen9p_sim.client import ClientError
 from xen9p_common.xenbus import XenbusState
 from xen9p_supervisor.devstate import segments_of
 from xen9p_worker.shared.layout import LAYOUT_VERSION

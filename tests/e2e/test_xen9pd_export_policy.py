@@ -11,8 +11,8 @@ import signal
 import pytest
 
 from tests.e2e.real_guest import RealGuest, World, xen9pctl
-from xen9p_common.client import P9Error
-from xen9p_supervisor.sim_toolstack import create_domain
+from xen9p_sim.client import P9Error
+from xen9p_sim.toolstack import create_domain
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ def test_backend_dirs_of_destroyed_domains_are_removed(sim, daemon):
     """Findings F9 (real Xen): `xl destroy` removes /local/domain/<id> and the backends of kinds libxl
     knows, not xen_9pfs; xen9pd removes what is left once the domain is gone, and only then."""
     tmp, xs = sim
-    from xen9p_supervisor.sim_toolstack import destroy_domain
+    from xen9p_sim.toolstack import destroy_domain
     g = Guest(xs, 8).attach(tmp)
     g.connect(2)
     q = Guest(xs, 9, kind="9pfs").attach(tmp)
@@ -226,7 +226,7 @@ def test_backend_dirs_of_destroyed_domains_are_removed(sim, daemon):
 
 def test_fresh_daemon_removes_leftovers_of_dead_domains_and_adopts_live_ones(sim):
     tmp, xs = sim
-    from xen9p_supervisor.sim_toolstack import destroy_domain
+    from xen9p_sim.toolstack import destroy_domain
     dead = Guest(xs, 12).attach(tmp)
     live = Guest(xs, 13).attach(tmp)
     destroy_domain(xs, 12)  # no daemon yet: nothing removes backend/xen_9pfs/12

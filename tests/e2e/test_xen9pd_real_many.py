@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.real_guest import Load, RealGuest, World, xen9pctl
 from tests.e2e.xen9pd_helpers import wait_for
-from xen9p_common.platform.sim.workloads import run_workload
+from xen9p_sim.workloads import run_workload
 from xen9p_common.xenbus import XenbusState
 
 DEVICES = 8

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from tests.e2e.real_guest import DEADLINE, RealGuest, World
-from xen9p_common.platform.sim.frontend import FrontendError
+from xen9p_sim.frontend.linux import FrontendError
 from xen9p_common.xenbus import XenbusState
 
 SHM_MIB = 512

@@ -50,7 +50,7 @@ class SimXenstored:
     def __init__(self, sim_dir: str) -> None:
         self.sock = os.path.join(sim_dir, "xenstored.sock")
         self.log = open(os.path.join(sim_dir, "xenstored.log"), "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "xen9p_common.platform.sim.xenstored",
+        self.proc = subprocess.Popen([sys.executable, "-m", "xen9p_sim.xenstore.xenstored",
                                       "--socket", self.sock], stdout=self.log, stderr=subprocess.STDOUT,
                                      env=env_for_children(), cwd=ROOT)
         wait_for(self._answers, 10, "sim xenstored to answer")

@@ -18,14 +18,14 @@ import pytest
 import zmq
 
 from xen9p_common import control
-from xen9p_common.client import Client
-from xen9p_common.client.errors import ConnectionClosed
-from xen9p_common.client.transport import Transport
+from xen9p_sim.client import Client
+from xen9p_sim.client.errors import ConnectionClosed
+from xen9p_sim.client.transport import Transport
 from xen9p_common.p9 import messages as M
 from xen9p_common.platform.sim.evtchn import SimEventChannels
 from xen9p_common.platform.sim.grants import SimDomainMemory
 from xen9p_common.ring import FrontendRing, Intf, ring_size
-from xen9p_worker.device_state import SHM_DIR, DeviceState
+from xen9p_worker.shared.device_state import SHM_DIR, DeviceState
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST = 7

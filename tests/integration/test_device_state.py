@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from xen9p_common.p9 import Qid
-from xen9p_worker.device_state import SHM_DIR, DeviceState, DeviceStateError
+from xen9p_worker.shared.device_state import SHM_DIR, DeviceState, DeviceStateError
 from xen9p_worker.fids import FID_PATH, FidEntry
 
 

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from tests.acceptance.servers import REPO, _wait_for_socket
-from xen9p_common.client import Client, SocketTransport
+from xen9p_sim.client import Client, SocketTransport
 from xen9p_common.p9 import constants as c
 
 NOFILE = 256

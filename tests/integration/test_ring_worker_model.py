@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from xen9p_common.client.errors import P9Error
+from xen9p_sim.client.errors import P9Error
 from xen9p_common.p9 import constants as C
 
 from .ring_worker_harness import Device

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from xen9p_common.client import Client, P9Error
+from xen9p_sim.client import Client, P9Error
 from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as M
 

@@ -17,20 +17,20 @@ import time
 import pytest
 
 from tests.integration import xs_fixtures
-from xen9p_common.client import Client
+from xen9p_sim.client import Client
 from xen9p_common.errors import RingError
 from xen9p_common.p9 import messages as m
 from xen9p_common.platform.sim import sim_paths
 from xen9p_common.platform.sim.evtchn import SimEventChannels
-from xen9p_common.platform.sim.frontend import (LINUX_DEFAULT_MSIZE, FrontendError, Misbehave, SimFrontend,
+from xen9p_sim.frontend.linux import (LINUX_DEFAULT_MSIZE, FrontendError, Misbehave, SimFrontend,
                                                 flood_tflush, mount, transport_maxsize)
 from xen9p_common.platform.sim.grants import SimGrantMapper
-from xen9p_common.platform.sim.xenstored import XenstoredServer
+from xen9p_sim.xenstore.xenstored import XenstoredServer
 from xen9p_common.platform.xswire import XsWireClient
 from xen9p_common.ring import BackendRing, Intf
 from xen9p_common.xenbus import XenbusState, parse_state
 from xen9p_supervisor import toolstack
-from xen9p_supervisor.xen9psim import create_domain
+from xen9p_sim.cli import create_domain
 
 DOMID = 7
 DEADLINE = 20.0
@@ -525,7 +525,7 @@ def test_workloads_through_the_rings_against_the_real_dispatcher(sim):
         server = DispatchServer(os.path.join(sim[0], "export"))
     except ImportError as e:
         pytest.skip(f"the server dispatcher has not landed: {e}")
-    from xen9p_common.platform.sim.workloads import run_workload
+    from xen9p_sim.workloads import run_workload
     be = start_backend(sim, server=server, max_order=4)  # 32 KiB halves: replies wrap often
     try:
         with SimFrontend(sim[0], DOMID, "share") as fe:

@@ -10,12 +10,12 @@ import pytest
 
 from tests.integration.test_sim_frontend import sim  # noqa: F401 - the fixture
 from tests.integration.test_sim_frontend import DOMID, MiniBackend, StandInServer, start_backend
-from xen9p_common.client import P9Error
+from xen9p_sim.client import P9Error
 from xen9p_common.p9 import messages as m
-from xen9p_common.platform.sim.frontend import FrontendError, SimFrontend, domain_socket
-from xen9p_common.platform.sim.frontend_minios import MiniOSFrontend
-from xen9p_common.platform.sim.frontend_unikraft import UnikraftFrontend
-from xen9p_common.platform.sim.minios_session import MiniOSSession
+from xen9p_sim.frontend.linux import FrontendError, SimFrontend, domain_socket
+from xen9p_sim.frontend.minios import MiniOSFrontend
+from xen9p_sim.frontend.unikraft import UnikraftFrontend
+from xen9p_sim.frontend.minios_session import MiniOSSession
 from xen9p_common.platform.xswire import XsWireClient
 from xen9p_common.ring import IntfLayout, ring_size
 from xen9p_common.xenbus import XenbusState

@@ -259,7 +259,7 @@ def test_make_platform_grants_factory(tmp_path, guest):
 
 
 def test_platform_factories_reach_the_simulated_xenstored(tmp_path):
-    from xen9p_common.platform.sim.xenstored import XenstoredServer
+    from xen9p_sim.xenstore.xenstored import XenstoredServer
     from xen9p_common.platform.xen import read_self_domid
     path = sim_paths(str(tmp_path))["xenstored"]
     if len(path) >= 100:

@@ -149,7 +149,7 @@ def test_tools_as_guest_are_confined(tools, xenstored, dom0):
 
 def test_cli_main_serves_tools(tools, xs_dir):
     sock = os.path.join(xs_dir, "cli.sock")
-    p = subprocess.Popen([sys.executable, "-m", "xen9p_common.platform.sim.xenstored", "--socket", sock],
+    p = subprocess.Popen([sys.executable, "-m", "xen9p_sim.xenstore.xenstored", "--socket", sock],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     try:

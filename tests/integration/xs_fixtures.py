@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from xen9p_common.platform.sim.xenstored import Quotas, XenstoredServer
+from xen9p_sim.xenstore.xenstored import Quotas, XenstoredServer
 from xen9p_common.platform.xswire import XsWireClient
 
 XS_TOOLS = ("xenstore-write", "xenstore-read", "xenstore-ls", "xenstore-list", "xenstore-rm",

@@ -152,7 +152,7 @@ def test_segment_names_carry_the_owner_pid():
 
 
 def test_layout_version_of_a_segment():
-    from xen9p_worker.device_state import DeviceState
+    from xen9p_worker.shared.device_state import DeviceState
     name = devstate.segment_name(9, 9)
     ds = DeviceState.create(name, max_fids=16, max_open_files=8, max_space_mb=0, export="/tmp",
                             security_model="none", msize_cap=8192, num_rings=1)

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from xen9p_common.client import Client, P9Error, SocketTransport
+from xen9p_sim.client import Client, P9Error, SocketTransport
 from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as m
 from xen9p_common.p9.stat import STAT_DONT_TOUCH

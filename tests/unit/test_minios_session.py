@@ -6,10 +6,10 @@ import queue
 
 import pytest
 
-from xen9p_common.client import P9Error, RpcTimeout
+from xen9p_sim.client import P9Error, RpcTimeout
 from xen9p_common.p9 import messages as m
-from xen9p_common.client.transport import Transport
-from xen9p_common.platform.sim.minios_session import N_FIDS, MiniOSSession
+from xen9p_sim.client.transport import Transport
+from xen9p_sim.frontend.minios_session import N_FIDS, MiniOSSession
 
 
 class Scripted(Transport):

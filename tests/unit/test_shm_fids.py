@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from xen9p_common.p9 import Qid
-from xen9p_worker.device_state import SHM_DIR, DeviceState
+from xen9p_worker.shared.device_state import SHM_DIR, DeviceState
 from xen9p_worker.fids import FID_FILE, FID_PATH, FID_XATTR_WRITE, FidEntry
 from xen9p_worker.shared import layout as L
 
@@ -128,7 +128,7 @@ def test_writer_killed_mid_update_does_not_wedge(pair):
     # A process takes the mutex, leaves the seqlock word odd (mid-update) and is SIGKILLed.
     code = (
         "import os, sys, signal\n"
-        "from xen9p_worker.device_state import DeviceState\n"
+        "from xen9p_worker.shared.device_state import DeviceState\n"
         f"ds = DeviceState.attach({a.name!r})\n"
         "ds.mutex.__enter__()\n"
         "ds.mutex.write_begin()\n"
@@ -150,7 +150,7 @@ def test_open_files_at_and_the_reclaimed_mark_are_device_wide():
     import uuid
 
     from xen9p_common.p9 import Qid
-    from xen9p_worker.device_state import DeviceState
+    from xen9p_worker.shared.device_state import DeviceState
     from xen9p_worker.fids import FID_FILE, FID_PATH, FidEntry
     name = f"xen9p-test-{uuid.uuid4().hex[:12]}"
     ds = DeviceState.create(name, max_fids=8, max_open_files=0, max_space_mb=0, export="/tmp",

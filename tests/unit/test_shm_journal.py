@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from xen9p_worker.device_state import DeviceState
+from xen9p_worker.shared.device_state import DeviceState
 from xen9p_worker.shared import journal as J
 
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from xen9p_common.p9.constants import LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK, LOCK_TYPE_WRLCK
-from xen9p_worker.device_state import DeviceState
+from xen9p_worker.shared.device_state import DeviceState
 from xen9p_worker.locks import INF
 
 KEY = (64769, 1234)

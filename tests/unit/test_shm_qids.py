@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from xen9p_worker.backend.qidmap import NO_PREFIX, QidPathMap
-from xen9p_worker.device_state import DeviceState, DeviceStateError
+from xen9p_worker.shared.device_state import DeviceState, DeviceStateError
 from xen9p_worker.shared import layout as L
 
 

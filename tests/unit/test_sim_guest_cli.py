@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from xen9p_supervisor.xen9psim import EXIT_USAGE, main
+from xen9p_sim.cli import EXIT_USAGE, main
 
 
 @pytest.mark.parametrize("frontend,workload,known", [

@@ -17,7 +17,8 @@ from xen9p_common.p9 import constants as C
 from . import hostops as H
 from .dirents import DirReader
 from .qidmap import QidPathMap
-from .secmodel import Passthrough, Where, make_model
+from .models import make_model
+from .secmodel import Passthrough, Where
 
 _FLAG_MAP = tuple((lf, hf) for lf, hf in C.PASSTHROUGH_OPEN_FLAGS.items() if hf is not None)
 

@@ -267,16 +267,3 @@ def _remove_quietly(dirfd: int, name: bytes, isdir: bool) -> None:
             os.unlink(name, dir_fd=dirfd)
     except OSError:
         pass
-
-
-from .mappedfile import MappedFile  # noqa: E402  (it builds on _Mapped above)
-
-MODELS = {"passthrough": Passthrough, "none": NoneModel, "mapped-xattr": MappedXattr,
-          "mapped": MappedXattr, "mapped-file": MappedFile}
-
-
-def make_model(name: str):
-    try:
-        return MODELS[name]()
-    except KeyError:
-        raise ValueError(f"unknown security model {name!r} (one of {', '.join(sorted(MODELS))})") from None

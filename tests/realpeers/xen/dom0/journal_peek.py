@@ -4,7 +4,7 @@ its journal records (what each ring has taken and not yet let out_cons pass). Ru
 import os
 import sys
 
-from xen9p_worker.device_state import DeviceState
+from xen9p_worker.shared.device_state import DeviceState
 from xen9p_worker.shared import journal as J
 from xen9p_worker.shared import layout as L
 

@@ -1,0 +1,1 @@
+"""A xenstored on one machine: the real xenstore wire protocol over a Unix socket (`xen9psim xenstored`)."""
