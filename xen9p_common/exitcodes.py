@@ -1,7 +1,7 @@
 """Exit codes of every xen9p program (xen9pd, xen9pctl, xen9psim, the ring worker), sysexits(3)-style.
 
-xen9pd's supervisor reads a ring worker's status with these names: EXIT_RING means the guest broke
-the ring protocol, so the device is disconnected instead of the worker restarted.
+A ring worker that exits EXIT_RING found the guest breaking the ring protocol: it has already told
+xen9pd (a fatal `error` message), which disconnects the device instead of restarting the worker.
 """
 EXIT_OK = 0
 EXIT_ERROR = 1          # failed; for xen9pctl, the daemon refused the command

@@ -11,7 +11,6 @@ from xen9p_common.errors import Xen9pError, XenStoreError
 from xen9p_common.platform import Perm, XenStore
 
 # xen9psim's exit codes (its docstring documents them).
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 69
 
 
 class UsageError(Xen9pError):

@@ -22,7 +22,6 @@ import logging
 import os
 import sys
 import time
-from typing import Any
 
 import zmq
 
@@ -32,7 +31,7 @@ from xen9p_common.exitcodes import EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE
 from xen9p_common.version import version
 from xen9p_common.xenbus import Event
 
-from . import config as configmod
+from . import config as configmod, toolstack
 from .command import CHANGE_TIMEOUT, Arg, Command, CommandError, CommandTable, Unavailable
 from .ctl_tables import devices_table, metrics_text, rings_table, status_table
 
@@ -299,7 +298,8 @@ class Upgrade(Command):
         return EXIT_OK
 
 
-LIMITS = ("max-files", "max-open-files", "max-space")
+def _limit_arg(key: str) -> Arg:
+    return Arg(key, flag=True, wire=False) if key == "auto-delete" else Arg(key, type=int, wire=False)
 
 
 @TABLE.add
@@ -316,18 +316,15 @@ class Attach(Command):
             Arg("path", required=True, help="host directory to export"),
             Arg("tag", required=True, help="mount tag the guest uses"),
             Arg("security-model", default="none"),
-            *(Arg(k, type=int, wire=False) for k in LIMITS),
-            Arg("auto-delete", flag=True, wire=False))
+            *(_limit_arg(k) for k in toolstack.LIMIT_KEYS))
 
     def request(self, ns):
         cmd, args = super().request(ns)
-        limits = {k: getattr(ns, k.replace("-", "_")) for k in LIMITS if getattr(ns, k.replace("-", "_")) is not None}
-        if ns.auto_delete:
-            limits["auto-delete"] = 1
+        given = {k: getattr(ns, k.replace("-", "_")) for k in toolstack.LIMIT_KEYS}
+        limits = {k: int(v) for k, v in given.items() if v is not None and v is not False}
         return cmd, dict(args, path=os.path.abspath(ns.path), limits=limits)
 
     def execute(self, d, args):
-        from . import toolstack
         try:
             domid = int(args["domid"])
             kw = dict(backend_domid=d.self_domid, domid=domid, devid=int(args.get("devid", 0)),

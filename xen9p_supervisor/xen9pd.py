@@ -17,6 +17,7 @@ import zmq
 
 from xen9p_common import control
 from xen9p_common.errors import ConfigError, Xen9pError, XenStoreError
+from xen9p_common.exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
 from xen9p_common.platform import XenStore, open_platform
 from xen9p_common.version import version
 
@@ -36,7 +37,6 @@ from .workers import CpuAllocator, Launcher, Ring
 
 log = logging.getLogger("xen9pd")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
 MAX_POLL = 0.5  # seconds; timers are checked at least this often
 
 
