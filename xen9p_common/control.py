@@ -18,9 +18,7 @@ DEFAULT_CONTROL = "ipc:///run/xen9p/control.sock"
 DEFAULT_METRICS = "ipc:///run/xen9p/metrics.sock"
 DEFAULT_WORKERS = "ipc:///run/xen9p/workers.sock"
 
-# Operator commands served on the control ROUTER socket.
-COMMANDS = ("ping", "status", "devices", "rings", "metrics", "detach", "restart-ring", "log-level",
-            "reload", "attach")
+# Operator commands (control ROUTER): xen9p_supervisor/commands.py, one class each.
 
 # Worker -> supervisor message types (DEALER -> ROUTER; the DEALER identity is the ring name).
 W_HELLO = "hello"          # {pid, ring}: process started

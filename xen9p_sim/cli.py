@@ -19,8 +19,9 @@ from xen9p_common.version import version
 # The pieces live in sim_toolstack, sim_guest and sim_demo; re-exported because callers import them from here.
 from xen9p_sim.guest import FRONTENDS, MINIOS_WORKLOADS, run_guest
 from xen9p_sim.report import guest_report
-from xen9p_sim.toolstack import (EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, UsageError, attach_device,
-                            create_domain, destroy_domain, dom0_client, sim_dir_from)
+from xen9p_common.exitcodes import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
+from xen9p_sim.toolstack import (UsageError, attach_device, create_domain, destroy_domain, dom0_client,
+                                 sim_dir_from)
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "SECURITY_MODELS", "UsageError",
            "attach_device", "build_parser", "create_domain", "destroy_domain", "dom0_client", "main",

@@ -18,7 +18,8 @@ from xen9p_common.errors import Xen9pError
 from xen9p_supervisor.devstate import segments_of
 from xen9p_sim.children import DEMO_TAG, Child, GuestProc, child_env, repo_root
 from xen9p_sim.report import progress_line, report_rows, report_table
-from xen9p_sim.toolstack import EXIT_ERROR, EXIT_OK, attach_device, destroy_domain, dom0_client, sim_dir_from
+from xen9p_common.exitcodes import EXIT_ERROR, EXIT_OK
+from xen9p_sim.toolstack import attach_device, destroy_domain, dom0_client, sim_dir_from
 
 # (domid, security model, workloads): guests with the same tag on different domains.
 DEMO_GUESTS = (

@@ -1,6 +1,7 @@
 """The simulated toolstack behind xen9psim: what domain creation, `xl destroy` and a 9pfs attach leave in xenstore.
 
-Also the sim directory, dom0's xenstore client, and xen9psim's exit codes and usage error.
+Also the sim directory, dom0's xenstore client and xen9psim's usage error. Paths come from
+xen9p_supervisor.toolstack, the xenstore layout's one home.
 """
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import os
 
 from xen9p_common.errors import Xen9pError, XenStoreError
 from xen9p_common.platform import Perm, XenStore
-
-# xen9psim's exit codes (its docstring documents them).
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 69
+from xen9p_supervisor.toolstack import backend_root, domain_path
 
 
 class UsageError(Xen9pError):
@@ -40,7 +39,7 @@ def create_domain(xs: XenStore, domid: int, name: str | None = None) -> None:
     introduced = getattr(xs, "is_domain_introduced", None)
     if introduced is None or not introduced(domid):
         xs.introduce_domain(domid)  # type: ignore[attr-defined]
-    dom = f"/local/domain/{domid}"
+    dom = domain_path(domid)
     ro = [Perm("n", 0), Perm("r", domid)]
 
     def tx(t) -> None:
@@ -64,12 +63,11 @@ LIBXL_KINDS = frozenset({"9pfs", "vbd", "vbd3", "qdisk", "vif", "console", "vkbd
 
 def destroy_domain(xs: XenStore, domid: int, backend_domid: int = 0) -> None:
     """What `xl destroy` does to xenstore: backends of kinds libxl knows and the domain's nodes go, then RELEASE."""
-    base = f"/local/domain/{backend_domid}/backend"
     try:
-        kinds = [k for k in xs.list(base) if k in LIBXL_KINDS]
+        kinds = [k for k in xs.list(domain_path(backend_domid) + "/backend") if k in LIBXL_KINDS]
     except XenStoreError:
         kinds = []
-    for path in [f"{base}/{k}/{domid}" for k in kinds] + [f"/local/domain/{domid}"]:
+    for path in [f"{backend_root(backend_domid, k)}/{domid}" for k in kinds] + [domain_path(domid)]:
         try:
             xs.rm(path)
         except XenStoreError:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from xen9p_common.control import DEFAULT_CONTROL, DEFAULT_METRICS, DEFAULT_WORKERS
 from xen9p_common.errors import ConfigError
+from xen9p_common.p9.messages import MSIZE_CAP
 
 from . import policy
 
@@ -153,76 +154,50 @@ class Option:
     help: str
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("platform", _choice("xen", "sim"), "xen", "which Xen to talk to"),
-    Option("sim_dir", _opt_str, None, "directory of the simulated Xen (platform sim)"),
-    Option("kinds", _kinds, KINDS, "backend kinds to serve (9pfs = QEMU's, xen_9pfs = xen-9pfsd's)"),
-    Option("max_rings", _int(1, 64), 8, "max-rings advertised to frontends"),
-    Option("max_ring_order", _int(1, 9), 9, "max-ring-page-order advertised to frontends"),
-    Option("msize_cap", _int(4096, 16 << 20), 512 * 1024, "largest 9P msize granted"),
-    Option("cpus", _cpus, (), "CPUs for ring workers, round-robin (e.g. 2-7); empty = all usable"),
-    Option("control", _endpoint, DEFAULT_CONTROL, "control ROUTER endpoint"),
-    Option("metrics", _endpoint, DEFAULT_METRICS, "metrics PUB endpoint"),
-    Option("workers", _endpoint, DEFAULT_WORKERS, "endpoint the ring workers connect to"),
-    Option("prometheus", _prometheus, None, "serve Prometheus metrics on [HOST:]PORT"),
-    Option("log_level", _choice(*LOG_LEVELS), "info", "log level"),
-    Option("worker_cmd", _cmd, (sys.executable, "-m", "xen9p_worker"), "command that runs one ring worker"),
-    Option("device_state", _choice(*DEVICE_STATE_KINDS), "auto", "shared device state: shm (auto is the same) or none"),
-    Option("max_fids", _int(16, 1 << 24), 16384, "fids per device"),
-    Option("max_open_files", _int(1, 1 << 20), 1024, "open files per device unless the toolstack says"),
-    Option("worker_spin_us", _float(0.0, 10000.0), 30.0,
-           "µs a ring worker polls its ring after a busy pass before sleeping (0 on dom0s short of vCPUs)"),
-    Option("heartbeat_timeout", _float(0.1, 3600), 10.0, "seconds of worker silence before SIGABRT"),
-    Option("ready_timeout", _float(0.1, 3600), 10.0, "seconds for a worker to map and bind its ring"),
-    Option("kill_grace", _float(0.05, 600), 2.0, "seconds between SIGABRT/SIGTERM and SIGKILL"),
-    Option("startsecs", _float(0.0, 3600), 2.0, "a worker that dies sooner failed to start"),
-    Option("startretries", _int(0, 1000), 3, "quick failures in a row before FATAL"),
-    Option("backoff_initial", _float(0.0, 3600), 0.5, "first restart delay (doubles per failure)"),
-    Option("backoff_max", _float(0.0, 3600), 30.0, "largest restart delay"),
-    Option("rescan_interval", _float(0.05, 3600), 5.0, "seconds between full xenstore rescans"),
-    Option("close_timeout", _float(0.1, 3600), 10.0, "seconds to wait for a frontend to reach Closed"),
-    Option("metrics_interval", _float(0.05, 3600), 1.0, "seconds between metrics publications"),
-    Option("hold_libxl_node", _bool, True, "hold libxl's xen-9pfs/state node when serving xen_9pfs"),
-    Option("on_sigterm", _choice("auto", "close", "keep-serving"), "auto",
-           "SIGTERM closes every device (close) or exits leaving the workers serving for the next xen9pd "
-           "(keep-serving); auto = keep serving when systemd is restarting the unit, else close"),
-    Option("export", _exports, (), "per-export policy: [[export]] tables (see policy.py; JSON list elsewhere)"),
-)
-_BY_NAME = {o.name: o for o in OPTIONS}
+def _opt(conv: Callable[[Any], Any], default: Any, help: str) -> Any:
+    """One option: a Config field whose metadata carries its converter (the validation) and help."""
+    return field(default=default, metadata={"conv": conv, "help": help})
 
 
 @dataclass(frozen=True)
 class Config:
-    platform: str = "xen"
-    sim_dir: str | None = None
-    kinds: tuple[str, ...] = KINDS
-    max_rings: int = 8
-    max_ring_order: int = 9
-    msize_cap: int = 512 * 1024
-    cpus: tuple[int, ...] = ()
-    control: str = DEFAULT_CONTROL
-    metrics: str = DEFAULT_METRICS
-    workers: str = DEFAULT_WORKERS
-    prometheus: str | None = None
-    log_level: str = "info"
-    worker_cmd: tuple[str, ...] = (sys.executable, "-m", "xen9p_worker")
-    device_state: str = "auto"
-    max_fids: int = 16384
-    max_open_files: int = 1024
-    worker_spin_us: float = 30.0
-    heartbeat_timeout: float = 10.0
-    ready_timeout: float = 10.0
-    kill_grace: float = 2.0
-    startsecs: float = 2.0
-    startretries: int = 3
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    rescan_interval: float = 5.0
-    close_timeout: float = 10.0
-    metrics_interval: float = 1.0
-    hold_libxl_node: bool = True
-    on_sigterm: str = "auto"
-    export: tuple = ()
+    """Every option, declared once (name, type, converter, default, help); OPTIONS is derived from it."""
+
+    platform: str = _opt(_choice("xen", "sim"), "xen", "which Xen to talk to")
+    sim_dir: str | None = _opt(_opt_str, None, "directory of the simulated Xen (platform sim)")
+    kinds: tuple[str, ...] = _opt(_kinds, KINDS, "backend kinds to serve (9pfs = QEMU's, xen_9pfs = xen-9pfsd's)")
+    max_rings: int = _opt(_int(1, 64), 8, "max-rings advertised to frontends")
+    max_ring_order: int = _opt(_int(1, 9), 9, "max-ring-page-order advertised to frontends")
+    msize_cap: int = _opt(_int(4096, 16 << 20), MSIZE_CAP, "largest 9P msize granted")
+    cpus: tuple[int, ...] = _opt(_cpus, (), "CPUs for ring workers, round-robin (e.g. 2-7); empty = all usable")
+    control: str = _opt(_endpoint, DEFAULT_CONTROL, "control ROUTER endpoint")
+    metrics: str = _opt(_endpoint, DEFAULT_METRICS, "metrics PUB endpoint")
+    workers: str = _opt(_endpoint, DEFAULT_WORKERS, "endpoint the ring workers connect to")
+    prometheus: str | None = _opt(_prometheus, None, "serve Prometheus metrics on [HOST:]PORT")
+    log_level: str = _opt(_choice(*LOG_LEVELS), "info", "log level")
+    worker_cmd: tuple[str, ...] = _opt(_cmd, (sys.executable, "-m", "xen9p_worker"),
+                                       "command that runs one ring worker")
+    device_state: str = _opt(_choice(*DEVICE_STATE_KINDS), "auto",
+                             "shared device state: shm (auto is the same) or none")
+    max_fids: int = _opt(_int(16, 1 << 24), 16384, "fids per device")
+    max_open_files: int = _opt(_int(1, 1 << 20), 1024, "open files per device unless the toolstack says")
+    worker_spin_us: float = _opt(_float(0.0, 10000.0), 30.0, "µs a ring worker polls its ring after a busy pass "
+                                 "before sleeping (0 on dom0s short of vCPUs)")
+    heartbeat_timeout: float = _opt(_float(0.1, 3600), 10.0, "seconds of worker silence before SIGABRT")
+    ready_timeout: float = _opt(_float(0.1, 3600), 10.0, "seconds for a worker to map and bind its ring")
+    kill_grace: float = _opt(_float(0.05, 600), 2.0, "seconds between SIGABRT/SIGTERM and SIGKILL")
+    startsecs: float = _opt(_float(0.0, 3600), 2.0, "a worker that dies sooner failed to start")
+    startretries: int = _opt(_int(0, 1000), 3, "quick failures in a row before FATAL")
+    backoff_initial: float = _opt(_float(0.0, 3600), 0.5, "first restart delay (doubles per failure)")
+    backoff_max: float = _opt(_float(0.0, 3600), 30.0, "largest restart delay")
+    rescan_interval: float = _opt(_float(0.05, 3600), 5.0, "seconds between full xenstore rescans")
+    close_timeout: float = _opt(_float(0.1, 3600), 10.0, "seconds to wait for a frontend to reach Closed")
+    metrics_interval: float = _opt(_float(0.05, 3600), 1.0, "seconds between metrics publications")
+    hold_libxl_node: bool = _opt(_bool, True, "hold libxl's xen-9pfs/state node when serving xen_9pfs")
+    on_sigterm: str = _opt(_choice("auto", "close", "keep-serving"), "auto",
+                           "SIGTERM closes every device (close) or exits leaving the workers serving for the next "
+                           "xen9pd (keep-serving); auto = keep serving when systemd is restarting the unit, else close")
+    export: tuple = _opt(_exports, (), "per-export policy: [[export]] tables (see policy.py; JSON list elsewhere)")
     config_file: str | None = field(default=None, compare=False)
     sources: dict = field(default_factory=dict, compare=False, repr=False)  # key -> where it came from
 
@@ -230,7 +205,9 @@ class Config:
         return self.cpus or tuple(sorted(os.sched_getaffinity(0)))
 
 
-assert {o.name for o in OPTIONS} == {f.name for f in fields(Config)} - {"config_file", "sources"}
+OPTIONS: tuple[Option, ...] = tuple(Option(f.name, f.metadata["conv"], f.default, f.metadata["help"])
+                                    for f in fields(Config) if "conv" in f.metadata)
+_BY_NAME = {o.name: o for o in OPTIONS}
 
 
 def read_file(path: str) -> dict:

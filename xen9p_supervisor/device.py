@@ -6,7 +6,6 @@ through one path (REPORT_FAILURE: a warning naming the device and the reason, ba
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from .config import Config
 from .devstate import DeviceStateFactory, Limits, StateHandle, segment_name
 from .export_dir import ExportError, ensure_export
 from .restart import RestartPolicy
+from .toolstack import backend_path, domain_path, frontend_path
 from .workers import CpuAllocator, Launcher, Ring, RingSet, SpawnError
 
 log = logging.getLogger("xen9pd")
@@ -68,8 +68,8 @@ class Device:
         self.ctx = ctx
         self.kind, self.domid, self.devid = kind, domid, devid
         self.name = ring_name(domid, devid)
-        self.be = f"/local/domain/{ctx.self_domid}/backend/{kind}/{domid}/{devid}"
-        self.fe = f"/local/domain/{domid}/device/9pfs/{devid}"
+        self.be = backend_path(ctx.self_domid, kind, domid, devid)
+        self.fe = frontend_path(domid, devid)
         self.state = DeviceState.NEW
         self.last_written: XenbusState | None = None
         self.fail_reason: str | None = None
@@ -230,7 +230,7 @@ class Device:
             return None if raw is None or raw.strip() == "" else parse_uint(raw, key, 0, hi)
 
         # The operator's [[export]] tables: read-only, the model, defaults for keys the toolstack left out.
-        pol = policy.resolve(cfg.export, self.domid, (xs.read(f"/local/domain/{self.domid}/name") or "").strip(),
+        pol = policy.resolve(cfg.export, self.domid, (xs.read(domain_path(self.domid) + "/name") or "").strip(),
                              self.tag, path)
         model = pol.security_model or model
         auto_delete = opt("auto-delete", 1)

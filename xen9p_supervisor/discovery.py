@@ -13,6 +13,7 @@ from xen9p_common.platform import XenStore
 from xen9p_common.xenbus import Event
 
 from .device import Device
+from .toolstack import backend_root, domain_path, frontend_path
 
 log = logging.getLogger("xen9pd")
 
@@ -31,7 +32,7 @@ def domain_alive(xs: XenStore, domid: int) -> bool:
     probe = getattr(xs, "is_domain_introduced", None)
     if probe is not None:
         return bool(probe(domid))
-    return xs.read(f"/local/domain/{domid}") is not None
+    return xs.read(domain_path(domid)) is not None
 
 
 class Discovery:
@@ -52,7 +53,7 @@ class Discovery:
         self.rescans = 0
 
     def kind_root(self, kind: str) -> str:
-        return f"/local/domain/{self.self_domid}/backend/{kind}"
+        return backend_root(self.self_domid, kind)
 
     def start(self) -> None:
         for kind in self.kinds:
@@ -208,7 +209,7 @@ class Discovery:
 
     def _unwatch_frontend(self, key: Key) -> None:
         self._fe_watched.discard(key)
-        self._quiet_unwatch(f"/local/domain/{key[1]}/device/9pfs/{key[2]}/state", _TOK_FRONTEND + "%s:%d:%d" % key)
+        self._quiet_unwatch(frontend_path(key[1], key[2]) + "/state", _TOK_FRONTEND + "%s:%d:%d" % key)
 
     def _sweep_forgotten(self) -> None:
         dropped = set()
@@ -232,7 +233,7 @@ class Discovery:
         if any(k[1] == domid for k in self.devices):
             return False
         try:
-            if domain_alive(self.xs, domid) or self.xs.read(f"/local/domain/{domid}") is not None:
+            if domain_alive(self.xs, domid) or self.xs.read(domain_path(domid)) is not None:
                 return False
         except XenStoreError:
             return False

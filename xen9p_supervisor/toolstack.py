@@ -20,12 +20,22 @@ class ToolstackError(Xen9pError):
     """An attach or detach could not be done (device exists, timed out, bad argument)."""
 
 
+# The xenstore layout of a 9pfs device (one home: xen9pd's discovery and devices use these too).
+def domain_path(domid: int) -> str:
+    return f"/local/domain/{domid}"
+
+
+def backend_root(backend_domid: int, kind: str) -> str:
+    """Where the backend domain's devices of one kind live: backend_root/<domid>/<devid>."""
+    return f"{domain_path(backend_domid)}/backend/{kind}"
+
+
 def backend_path(backend_domid: int, kind: str, domid: int, devid: int) -> str:
-    return f"/local/domain/{backend_domid}/backend/{kind}/{domid}/{devid}"
+    return f"{backend_root(backend_domid, kind)}/{domid}/{devid}"
 
 
 def frontend_path(domid: int, devid: int) -> str:
-    return f"/local/domain/{domid}/device/9pfs/{devid}"
+    return f"{domain_path(domid)}/device/9pfs/{devid}"
 
 
 def _limit_items(limits: Mapping[str, object] | None) -> list[tuple[str, str]]:

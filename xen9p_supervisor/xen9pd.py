@@ -17,13 +17,15 @@ import zmq
 
 from xen9p_common import control
 from xen9p_common.errors import ConfigError, Xen9pError, XenStoreError
+from xen9p_common.exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
 from xen9p_common.platform import XenStore, open_platform
 from xen9p_common.version import version
 
 from . import config as configmod
 from .adopt import Adopter
-from .control_server import CommandError, ControlServer, bind_private
-from .daemon_commands import ControlCommands
+from .command import CommandError
+from .commands import TABLE
+from .control_server import ControlServer, bind_private
 from .devstate import DeviceStateFactory, make_factory, sweep_stale_segments
 from .device import Context, Device
 from .discovery import Discovery
@@ -35,7 +37,6 @@ from .workers import CpuAllocator, Launcher, Ring
 
 log = logging.getLogger("xen9pd")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CONFIG = 0, 1, 2, 69, 78
 MAX_POLL = 0.5  # seconds; timers are checked at least this often
 
 
@@ -48,7 +49,7 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
-class Supervisor(ControlCommands):
+class Supervisor:
     """The daemon's state and loop. Collaborators come in; nothing here reads argv or the environment."""
 
     def __init__(self, cfg: configmod.Config, xs: XenStore, self_domid: int, zctx: zmq.Context,
@@ -73,7 +74,7 @@ class Supervisor(ControlCommands):
         # A restarted worker reuses its ring's identity; hand the identity over to the new connection.
         self.workers.setsockopt(zmq.ROUTER_HANDOVER, 1)
         bind_private(self.workers, cfg.workers)
-        self.control = ControlServer(zctx, cfg.control, self)
+        self.control = ControlServer(zctx, cfg.control, self, TABLE)
         self.pub = zctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 10000)
@@ -81,7 +82,7 @@ class Supervisor(ControlCommands):
         self.exporter = PrometheusExporter(self.metrics, cfg.prometheus) if cfg.prometheus else None
         self.state_factory = state_factory
         self.ctx = Context(xs=xs, cfg=cfg, self_domid=self_domid, launcher=self.launcher, cpus=self.cpus,
-                           state_factory=state_factory, send_stop=self._send_stop)
+                           state_factory=state_factory, send_stop=self.send_stop)
         self.discovery = Discovery(xs, self_domid, cfg.kinds, lambda k, d, v: Device(self.ctx, k, d, v))
         self.holding_libxl_node = False
         self.sig_r, self.sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -89,7 +90,7 @@ class Supervisor(ControlCommands):
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _send_stop(self, r: Ring) -> None:
+    def send_stop(self, r: Ring) -> None:
         try:
             self.workers.send_multipart([r.name.encode(), control.dumps({"v": control.VERSION, "type": control.S_STOP})],
                                         zmq.NOBLOCK)
@@ -212,7 +213,7 @@ class Supervisor(ControlCommands):
                 self.stopping = True
             elif signum == signal.SIGHUP:
                 try:
-                    self.reload()
+                    TABLE["reload"].execute(self, {})
                 except CommandError:
                     pass  # already logged; the old configuration stays
 
@@ -278,7 +279,7 @@ class Supervisor(ControlCommands):
         # Ask every worker at once so the drain takes one grace period, not one per device.
         for dev in devs:
             if dev.rings is not None:
-                dev.rings.request_stop(self._send_stop)
+                dev.rings.request_stop(self.send_stop)
         for dev in devs:
             dev.shutdown()
         try:

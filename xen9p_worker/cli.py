@@ -13,13 +13,14 @@ import resource
 import signal
 import sys
 
+from xen9p_common.exitcodes import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from xen9p_common.p9.messages import MSIZE_CAP
 from xen9p_common.version import version
 
 from .backend.local import LocalBackend
 from xen9p_common.models import SECURITY_MODELS
 from .dispatch import Limits, Server
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
@@ -30,7 +31,7 @@ def add_core_options(p: argparse.ArgumentParser) -> None:
     """Options of the 9P server core, shared by every mode."""
     p.add_argument("--export", required=True, help="host directory to serve")
     p.add_argument("--security-model", required=True, choices=SECURITY_MODELS, help="QEMU security model")
-    p.add_argument("--msize-cap", type=int, default=512 * 1024 + 24, help="largest msize granted")
+    p.add_argument("--msize-cap", type=int, default=MSIZE_CAP, help="largest msize granted")
     p.add_argument("--threads", type=int, default=8, help="I/O threads per worker")
     p.add_argument("--max-fids", type=int, default=None)
     p.add_argument("--max-open-files", type=int, default=None)

@@ -56,7 +56,7 @@ class Limits:
 class Server:
     """What every session of one export shares: backend, lock table, worker pool, limits."""
 
-    def __init__(self, backend, *, msize_cap: int = 512 * 1024 + 24, pool_size: int = 8,
+    def __init__(self, backend, *, msize_cap: int = M.MSIZE_CAP, pool_size: int = 8,
                  limits: Limits | None = None, locks: LockTable | None = None,
                  fid_table_factory: Callable[[int], FidTable] | None = None,
                  inline_ops: frozenset | None = None, fd_cache_size: int = 1024) -> None:

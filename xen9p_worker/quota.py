@@ -14,11 +14,12 @@ import stat
 import threading
 import time
 
+from .backend.secmodel import META_DIR, META_ROOT
 from .fids import FID_FILE
 
 log = logging.getLogger("xen9p.quota")
 
-_HIDDEN = (b".virtfs_metadata", b".virtfs_metadata_root")  # mapped-file bookkeeping: not the guest's files
+_HIDDEN = (META_DIR, META_ROOT)  # mapped-file bookkeeping: not the guest's files
 _TTL = 5.0  # seconds an estimate far from the limit is trusted (other rings create files too)
 
 

@@ -13,11 +13,12 @@ import sys
 
 from xen9p_common import control
 from xen9p_common.errors import Xen9pError
+from xen9p_common.exitcodes import EXIT_ERROR, EXIT_RING, EXIT_USAGE
+from xen9p_common.p9.messages import MSIZE_CAP
 from xen9p_common.platform import open_platform
 
 from .ring_worker import RingWorker, WorkerExit
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_RING = 0, 1, 2, RingWorker.EXIT_RING
 log = logging.getLogger("xen9p.ring")
 
 
@@ -63,7 +64,7 @@ def _server(args, ds):
     backend = LocalBackend(args.export, args.security_model, qid_store=ds.qids, readonly=ds.readonly)
     # Tread may start on the loop: the ring worker's alloc never waits there (BlockingIOError
     # sends it to the pool), and t_read serves only page-cached data inline (RWF_NOWAIT).
-    return Server(backend, msize_cap=ds.msize_cap or 512 * 1024 + 24, pool_size=args.threads, limits=limits,
+    return Server(backend, msize_cap=ds.msize_cap or MSIZE_CAP, pool_size=args.threads, limits=limits,
                   locks=ds.locks, inline_ops=handlers.INLINE | {M.Tread})
 
 

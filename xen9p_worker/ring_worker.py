@@ -49,6 +49,7 @@ from typing import Callable
 
 from xen9p_common import control
 from xen9p_common.errors import RingError, Xen9pError
+from xen9p_common.exitcodes import EXIT_ERROR, EXIT_OK, EXIT_RING
 from xen9p_common.p9 import messages as M
 from xen9p_common.procs import pid_alive
 from xen9p_common.ring import BackendRing, Intf, IntfLayout, NoRoom
@@ -139,10 +140,6 @@ class RingWorker:
     (a zmq DEALER or None), `clock` for heartbeats.
     """
 
-    EXIT_OK = 0
-    EXIT_ERROR = 1
-    EXIT_RING = 65  # the guest broke the ring protocol: do not restart, disconnect the device
-
     def __init__(self, *, domid: int, devid: int, ring: int, ring_ref: int, evtchn_port: int,
                  grants, evtchn, device: DeviceState, session, control_sock=None,
                  max_ring_order: int = IntfLayout.MAX_RING_ORDER, heartbeat: float = 1.0,
@@ -191,7 +188,7 @@ class RingWorker:
         self._fatal: str | None = None
         self._session_epoch = -1
         self._fid_epoch = -1
-        self._msize_cap = device.msize_cap or (512 * 1024 + 24)
+        self._msize_cap = device.msize_cap or M.MSIZE_CAP
         # The dispatcher takes a wrapped request as a list of two views (Twrite zero-copy)
         # when it says so; otherwise wrapped requests are copied.
         self._segments_ok = bool(getattr(session, "accepts_segments", False))
@@ -219,17 +216,17 @@ class RingWorker:
     def setup(self) -> None:
         """Claim the ring, map intf + data pages, bind the event channel, adopt the journal."""
         if not self.ds.claim_ring(self.ring_no):
-            raise WorkerExit(self.EXIT_ERROR, f"{self.name}: another live worker holds this ring")
+            raise WorkerExit(EXIT_ERROR, f"{self.name}: another live worker holds this ring")
         if not 0 < self.ring_ref <= _M32 or not 0 < self.remote_port <= _M32:
-            raise WorkerExit(self.EXIT_RING, f"{self.name}: ring-ref and event channel must be nonzero")
+            raise WorkerExit(EXIT_RING, f"{self.name}: ring-ref and event channel must be nonzero")
         self._intf_map = self.grants.map(self.domid, [self.ring_ref])
         intf_buf = self._intf_map.buf[:IntfLayout.PAGE_SIZE]
         try:
             order, refs = Intf(intf_buf).read_refs(self.max_ring_order)  # copied once
         except RingError as e:
-            raise WorkerExit(self.EXIT_RING, f"{self.name}: {e}") from None
+            raise WorkerExit(EXIT_RING, f"{self.name}: {e}") from None
         if any(r == 0 for r in refs):
-            raise WorkerExit(self.EXIT_RING, f"{self.name}: ring data ref 0")
+            raise WorkerExit(EXIT_RING, f"{self.name}: ring data ref 0")
         self._data_map = self.grants.map(self.domid, list(refs))
         self.ring = BackendRing(intf_buf, self._data_map.buf, order, self._limit())
         self.order = order
@@ -311,7 +308,7 @@ class RingWorker:
         next_hb = now + self.heartbeat
         next_stats = now + self.stats_every
         drain_deadline = None
-        code = self.EXIT_OK
+        code = EXIT_OK
         self._on_loop = threading.get_ident()
         evt = self.evtchn
         try:
@@ -360,7 +357,7 @@ class RingWorker:
         except RingError as e:
             log.error("%s: ring protocol violation: %s", self.name, e)
             self._send(control.W_ERROR, reason=f"ring protocol violation: {e}", fatal=True)
-            code = self.EXIT_RING
+            code = EXIT_RING
         self._publish_stats()
         self._send(control.W_BYE, reason=self._stop_reason or ("ring error" if code else "done"))
         return code

@@ -101,3 +101,25 @@ def test_worker_spin_reaches_the_worker_command_line():
     with pytest.raises(ConfigError) as e:
         config.build({"worker_spin_us": "-1"}, {})
     assert e.value.key == "worker_spin_us"
+
+
+def test_options_are_the_config_fields_declared_once():
+    from dataclasses import fields
+    from xen9p_supervisor.config import OPTIONS, Config
+    opts = [f.name for f in fields(Config) if f.name not in ("config_file", "sources")]
+    assert [o.name for o in OPTIONS] == opts
+    defaults = Config()
+    for o in OPTIONS:
+        assert o.help and getattr(defaults, o.name) == o.default and o.conv is not None
+
+
+def test_the_msize_cap_default_is_one_constant_for_daemon_and_workers():
+    import inspect
+    from xen9p_common.p9.messages import IOHDRSZ, MSIZE_CAP
+    from xen9p_supervisor.config import Config
+    from xen9p_worker import cli
+    from xen9p_worker.dispatch import Server
+    assert MSIZE_CAP == 512 * 1024 + IOHDRSZ  # a whole 512 KiB payload per message
+    assert Config().msize_cap == MSIZE_CAP
+    assert inspect.signature(Server).parameters["msize_cap"].default == MSIZE_CAP
+    assert cli.build_parser().get_default("msize_cap") == MSIZE_CAP

@@ -22,6 +22,8 @@ HEADER_SIZE = HEADER.size  # 7
 NOTAG = 0xFFFF
 NOFID = 0xFFFFFFFF
 IOHDRSZ = 24  # Twrite/Rread header room subtracted from msize for iounit
+# The default largest msize granted: a 512 KiB payload (the Linux frontend's transport maximum) and its header.
+MSIZE_CAP = 512 * 1024 + IOHDRSZ
 
 
 class EncodeError(Xen9pError, ValueError):

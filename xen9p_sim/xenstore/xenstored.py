@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from xen9p_common.exitcodes import EXIT_UNAVAILABLE
 from xen9p_common.platform.xsproto import PAYLOAD_MAX, XsMessage, XsType, errno_name, pack_message
 from xen9p_sim.xenstore.access import Ctx
 from xen9p_sim.xenstore.conn import Conn
@@ -233,7 +234,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         server = XenstoredServer(args.socket, quotas=quotas).start()
     except OSError as e:
         log.error("cannot listen on %s: %s", args.socket, e)
-        return 69
+        return EXIT_UNAVAILABLE
     log.info("listening on %s", args.socket)
     stop.wait()
     server.stop()
