@@ -79,3 +79,35 @@ class FakeLauncher:
 
 
 KILLED = -int(signal.SIGKILL)
+
+
+class FakeState:
+    """A device state handle that records its end."""
+
+    def __init__(self, name: str, **params) -> None:
+        self.name, self.params = name, params
+        self.closed = self.unlinked = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def unlink(self) -> None:
+        self.unlinked = True
+
+
+class FakeStateFactory:
+    """DeviceStateFactory keeping every state it created; `fail` makes create raise."""
+
+    def __init__(self) -> None:
+        self.created: list[FakeState] = []
+        self.fail: Exception | None = None
+
+    def create(self, name: str, **params) -> FakeState:
+        if self.fail is not None:
+            raise self.fail
+        st = FakeState(name, **params)
+        self.created.append(st)
+        return st
+
+    def live(self) -> list[FakeState]:
+        return [s for s in self.created if not s.unlinked]
