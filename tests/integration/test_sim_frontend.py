@@ -521,10 +521,7 @@ def test_vanish_leaves_grants_to_the_backend(sim):
 
 
 def test_workloads_through_the_rings_against_the_real_dispatcher(sim):
-    try:
-        server = DispatchServer(os.path.join(sim[0], "export"))
-    except ImportError as e:
-        pytest.skip(f"the server dispatcher has not landed: {e}")
+    server = DispatchServer(os.path.join(sim[0], "export"))
     from xen9p_sim.workloads import run_workload
     be = start_backend(sim, server=server, max_order=4)  # 32 KiB halves: replies wrap often
     try:
