@@ -10,13 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from xen9p_sim.client import Client, Fid, SocketTransport
+from tests.waiting import wait_for
 
 DIOD = "/usr/sbin/diod"
 MODELS = ("passthrough", "none", "mapped-xattr", "mapped-file")
@@ -95,15 +95,15 @@ def _accepts(path: Path) -> bool:
 def _wait_for_socket(proc: subprocess.Popen, path: Path, log: Path) -> None:
     # The socket file appears at bind(), but diod listen()s only after binding all its addresses
     # (and logging), so a client dialling as soon as the file exists can get ECONNREFUSED under load.
-    deadline = time.monotonic() + START_DEADLINE
-    while time.monotonic() < deadline:
-        if path.exists() and _accepts(path):
-            return
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        time.sleep(0.02)  # polling a condition (a listening socket) with a deadline
-    proc.kill()
-    raise RuntimeError(f"server did not listen on {path} within {START_DEADLINE} s:\n{log.read_text()}")
+        return path.exists() and _accepts(path)
+    try:
+        wait_for(listening, START_DEADLINE, f"the server to listen on {path}", interval=0.02)
+    except AssertionError as e:
+        proc.kill()
+        raise RuntimeError(f"{e}:\n{log.read_text(errors='replace')}") from None
 
 
 def _xen9p_available() -> str | None:

@@ -15,7 +15,8 @@ import threading
 import time
 
 
-from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with, wait_for
+from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with
+from tests.waiting import wait_for
 from xen9p_sim.client import Client, P9Error
 from xen9p_common.errors import Xen9pError
 from xen9p_common.p9 import constants as c

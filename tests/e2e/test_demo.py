@@ -16,7 +16,8 @@ import tempfile
 import pytest
 
 from xen9p_supervisor.devstate import segments_of
-from tests.e2e.xen9pd_helpers import ROOT, env_for_children, procs_with, wait_for
+from tests.e2e.xen9pd_helpers import ROOT, env_for_children, procs_with
+from tests.waiting import wait_for
 from xen9p_sim.demo import DEMO_GUESTS, UNDER_WAY_OPS
 
 SHM = "/dev/shm"

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.integration import xs_fixtures
+from tests.waiting import wait_for
 from xen9p_sim.client import Client
 from xen9p_common.errors import RingError
 from xen9p_common.p9 import messages as m
@@ -34,10 +34,6 @@ from xen9p_sim.cli import create_domain
 
 DOMID = 7
 DEADLINE = 20.0
-
-
-def wait_for(cond, what: str = "condition"):
-    return xs_fixtures.wait_for(cond, DEADLINE, what)
 
 
 class StandInServer:
@@ -271,7 +267,7 @@ def test_handshake_writes_linux_keys_and_connects(sim):
             assert fe.order == 9 and len(tr.rings) == 2
             assert tr.maxsize == 512 * 1024
         assert be.error is None
-        assert wait_for(lambda: be.be_state() == XenbusState.Closed, what="backend Closed")
+        assert wait_for(lambda: be.be_state() == XenbusState.Closed, DEADLINE, what="backend Closed")
     finally:
         be.stop()
 
@@ -383,8 +379,8 @@ def test_backend_close_ends_the_transport_and_reconnect_works(sim):
             # The backend closes on its own (as xen9pd on a detach or a failure).
             be.xs.write(be.be + "/state", str(int(XenbusState.Closing)))
             assert fe.backend_closed.wait(DEADLINE)
-            assert wait_for(lambda: fe.state == XenbusState.Closed, what="frontend Closed")
-            assert wait_for(lambda: client.closed, what="client sees the closed transport")
+            assert wait_for(lambda: fe.state == XenbusState.Closed, DEADLINE, what="frontend Closed")
+            assert wait_for(lambda: client.closed, DEADLINE, what="client sees the closed transport")
             client.close()
             # The backend's loop saw our Closed; the frontend comes back at Initialising.
             client2, root2 = mount_after(fe)
@@ -438,7 +434,7 @@ def test_garbage_size_breaks_the_ring(sim):
         with SimFrontend(d, DOMID, "share") as fe:
             client, _ = mount(fe)
             fe.inject_garbage_size(0, size=3)
-            assert wait_for(lambda: be.be_state() == XenbusState.Closed, what="backend Closed")
+            assert wait_for(lambda: be.be_state() == XenbusState.Closed, DEADLINE, what="backend Closed")
             assert fe.backend_closed.wait(DEADLINE)
             client.close()
     finally:
@@ -452,7 +448,7 @@ def test_index_beyond_ring_breaks_the_ring(sim):
         with SimFrontend(d, DOMID, "share") as fe:
             client, _ = mount(fe)
             fe.inject_index_beyond_ring(1)
-            assert wait_for(lambda: be.be_state() == XenbusState.Closed, what="backend Closed")
+            assert wait_for(lambda: be.be_state() == XenbusState.Closed, DEADLINE, what="backend Closed")
             client.close()
     finally:
         be.stop()
@@ -471,7 +467,7 @@ def test_half_request_waits_until_completed(sim):
             assert root.walk("z").qid is not None
             assert (0, 1000) not in be.server.seen[seen:]
             complete()
-            assert wait_for(lambda: (0, 1000) in be.server.seen, what="the completed request")
+            assert wait_for(lambda: (0, 1000) in be.server.seen, DEADLINE, what="the completed request")
             client.close()
     finally:
         be.stop()
@@ -499,7 +495,7 @@ def test_never_consuming_replies_fills_the_in_ring(sim):
                 tr.send(m.encode(m.Tflush(tag, 1)))
             ring = tr.rings[0]
             # The IN half (2 KiB) fills with Rflush frames and stays full.
-            assert wait_for(lambda: ring.fr.replies_queued() > 2048 - 7, what="IN ring full")
+            assert wait_for(lambda: ring.fr.replies_queued() > 2048 - 7, DEADLINE, what="IN ring full")
             assert tr.replies == 0
     finally:
         be.stop()
@@ -512,7 +508,7 @@ def test_vanish_leaves_grants_to_the_backend(sim):
         fe = SimFrontend(d, DOMID, "share")
         client, root = mount(fe)
         fe.vanish(m.encode(m.Tclunk(4, 1)))
-        assert client.closed or wait_for(lambda: client.closed, what="client closed")
+        assert client.closed or wait_for(lambda: client.closed, DEADLINE, what="client closed")
         # Nothing was written: the frontend still says Connected, the backend still serves.
         assert be.fe_state() == XenbusState.Connected
         client.close()
