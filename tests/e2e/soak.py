@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
 import time
 

@@ -5,7 +5,6 @@ import errno
 import os
 import select
 import socket
-import struct
 import threading
 
 import pytest

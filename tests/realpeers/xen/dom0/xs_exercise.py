@@ -1,7 +1,5 @@
 """Drives the project's real-Xen XenStore (open_xenstore/PyxsXenStore) against the real xenstored.
 Prints one 'PASS name detail' or 'FAIL name detail' line per check (with a traceback on failure)."""
-import errno
-import os
 import sys
 import threading
 import time
