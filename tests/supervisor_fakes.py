@@ -10,6 +10,8 @@ import subprocess
 
 from xen9p_common.control import RingSpec
 
+KILLED = -int(signal.SIGKILL)  # a Popen returncode: killed by SIGKILL
+
 
 class FakeClock:
     def __init__(self, now: float = 1000.0) -> None:
@@ -77,8 +79,6 @@ class FakeLauncher:
     def live(self) -> list[FakeProcess]:
         return [p for p in self.procs() if p.returncode is None]
 
-
-KILLED = -int(signal.SIGKILL)
 
 
 class FakeState:
