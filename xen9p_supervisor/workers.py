@@ -220,7 +220,7 @@ class RingSet:
         """Record the exit of r's process if it has exited; 'fatal' when the restarter gives up."""
         if r.proc is None or r.proc.poll() is None:
             return None
-        code = r.proc.returncode if isinstance(r.proc, subprocess.Popen) else None
+        code = None if r.adopted else r.proc.returncode  # an adopted worker's status went to its parent
         cause = r.kill_cause or ExitCause.CRASH
         r.proc = None
         r.kill_cause, r.kill_at = None, None

@@ -18,8 +18,8 @@ from .servers import MSIZE, SERVERS, Server, start_server, stop_server
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "xen9p_only(reason): needs xen9p semantics or extensions (skipped on diod)")
-    config.addinivalue_line("markers", "models(*names): runs only on xen9p in these security models")
+    config.addinivalue_line("markers", "xen9p_only(reason): needs xen9p semantics or extensions (not run on diod)")
+    config.addinivalue_line("markers", "models(*names): generated only for xen9p in these security models")
     config.addinivalue_line("markers", "diod_differs(reason): diod behaves differently here (strict xfail on diod)")
 
 
@@ -51,7 +51,25 @@ def host_base(tmp_path_factory):
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session", params=SERVERS)
+def applicable_servers(node) -> tuple[str, ...]:
+    """The servers a test applies to, from its markers: `models` names xen9p's security models, `xen9p_only`
+    leaves diod out (XEN9P_ACCEPTANCE_ALL=1 keeps diod in, to re-check the reasons given)."""
+    models = node.get_closest_marker("models")
+    if models is not None:
+        return tuple(s for s in SERVERS if s.removeprefix("xen9p-") in models.args)
+    if node.get_closest_marker("xen9p_only") is not None and not os.environ.get("XEN9P_ACCEPTANCE_ALL"):
+        return tuple(s for s in SERVERS if s.startswith("xen9p-"))
+    return SERVERS
+
+
+def pytest_generate_tests(metafunc):
+    """One item per server the test applies to: a check that cannot apply to a server is not generated."""
+    if "server" in metafunc.fixturenames:
+        names = applicable_servers(metafunc.definition)
+        metafunc.parametrize("server", names, indirect=True, scope="session", ids=names)
+
+
+@pytest.fixture(scope="session")
 def server(request, host_base):
     base = Path(tempfile.mkdtemp(dir=host_base, prefix=request.param + "-"))
     srv = start_server(request.param, base)
@@ -66,21 +84,11 @@ def server(request, host_base):
 
 
 @pytest.fixture(autouse=True)
-def _select(request):
-    """Apply the xen9p_only / models markers for the server the test runs against."""
-    if "server" not in request.fixturenames:
-        return
-    srv: Server = request.getfixturevalue("server")
-    only = request.node.get_closest_marker("xen9p_only")
-    # XEN9P_ACCEPTANCE_ALL=1 runs xen9p-only tests on diod too, to re-check the reasons given.
-    if only is not None and srv.kind != "xen9p" and not os.environ.get("XEN9P_ACCEPTANCE_ALL"):
-        pytest.skip(f"xen9p only: {only.kwargs.get('reason') or (only.args[0] if only.args else '')}")
+def _diod_differs(request):
+    """A test marked diod_differs is a strict xfail on diod."""
     differs = request.node.get_closest_marker("diod_differs")
-    if differs is not None and srv.kind == "diod":
+    if differs is not None and "server" in request.fixturenames and request.getfixturevalue("server").kind == "diod":
         request.node.add_marker(pytest.mark.xfail(reason="diod: " + differs.args[0], strict=True))
-    models = request.node.get_closest_marker("models")
-    if models is not None and (srv.kind != "xen9p" or srv.model not in models.args):
-        pytest.skip(f"only for security models {', '.join(models.args)}")
 
 
 @dataclass

@@ -10,13 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from xen9p_sim.client import Client, Fid, SocketTransport
+from tests.waiting import wait_for
 
 DIOD = "/usr/sbin/diod"
 MODELS = ("passthrough", "none", "mapped-xattr", "mapped-file")
@@ -92,31 +92,24 @@ def _accepts(path: Path) -> bool:
         s.close()
 
 
-def _wait_for_socket(proc: subprocess.Popen, path: Path, log: Path) -> None:
+def wait_for_socket(proc: subprocess.Popen, path: Path, log: Path) -> None:
     # The socket file appears at bind(), but diod listen()s only after binding all its addresses
     # (and logging), so a client dialling as soon as the file exists can get ECONNREFUSED under load.
-    deadline = time.monotonic() + START_DEADLINE
-    while time.monotonic() < deadline:
-        if path.exists() and _accepts(path):
-            return
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        time.sleep(0.02)  # polling a condition (a listening socket) with a deadline
-    proc.kill()
-    raise RuntimeError(f"server did not listen on {path} within {START_DEADLINE} s:\n{log.read_text()}")
-
-
-def _xen9p_available() -> str | None:
-    """None if `python -m xen9p_worker` can serve a socket, else the reason it cannot."""
-    r = subprocess.run([sys.executable, "-m", "xen9p_worker", "--help"], cwd=REPO,
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0 or "--listen" not in r.stdout:
-        return "xen9p_worker has no socket transport yet (`python -m xen9p_worker --help` fails)"
-    return None
+        return path.exists() and _accepts(path)
+    try:
+        wait_for(listening, START_DEADLINE, f"the server to listen on {path}", interval=0.02)
+    except AssertionError as e:
+        proc.kill()
+        raise RuntimeError(f"{e}:\n{log.read_text(errors='replace')}") from None
 
 
 def start_server(name: str, base: Path) -> Server:
-    """Start server `name` (one of SERVERS) with its export under `base`; skips if it cannot run."""
+    """Start server `name` (one of SERVERS) with its export under `base`.
+
+    Skips when the machine lacks diod or root for it; xen9p that does not start is a failure (RuntimeError)."""
     export = base / "export"
     export.mkdir()
     # A sentinel outside the export: no walk may ever reach it.
@@ -132,16 +125,13 @@ def start_server(name: str, base: Path) -> Server:
         cmd = [DIOD, "-f", "-n", "-c", "/dev/null", "-e", str(export), "-l", str(sock), "-L", "stderr"]
         kind, model = "diod", None
     else:
-        why = _xen9p_available()
-        if why:
-            pytest.skip(why)
         model = name.removeprefix("xen9p-")
         cmd = [sys.executable, "-m", "xen9p_worker", "--listen", f"unix:{sock}", "--export", str(export),
                "--security-model", model]
         kind = "xen9p"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-    _wait_for_socket(proc, sock, log)
+    wait_for_socket(proc, sock, log)
     return Server(kind, model, export, sock, proc, log)
 
 

@@ -21,6 +21,7 @@ import time
 
 from tests.e2e.real_guest import DEADLINE, RealGuest, World, ring
 from tests.e2e.verified_load import VerifiedLoad
+from tests.waiting import wait_for
 from xen9p_common.xenbus import XenbusState
 
 POLL = 0.005  # recovery polling period: the figures' resolution
@@ -28,13 +29,11 @@ POLL = 0.005  # recovery polling period: the figures' resolution
 
 def _recovered(daemon, name: str, old_pid: int) -> float:
     """Wait for ring `name` to run a new worker; when that was first seen (monotonic)."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
+    def serving() -> bool:
         r = ring(daemon, name)
-        if r["pid"] not in (None, old_pid) and r["state"] == "running":
-            return time.monotonic()
-        time.sleep(POLL)  # polling period of a deadline-bounded wait (the figure's resolution)
-    raise AssertionError(f"{name} not serving again {DEADLINE}s after its worker was killed")
+        return r["pid"] not in (None, old_pid) and r["state"] == "running"
+    wait_for(serving, DEADLINE, f"{name} serving again after its worker was killed", interval=POLL)
+    return time.monotonic()
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -96,7 +95,6 @@ def storm(kills: int, guests: int = 4, seed: int = 1, log=print) -> dict:
 
 
 def _wait_ops(loads, target: int, what: str) -> None:
-    from tests.e2e.xen9pd_helpers import wait_for
     wait_for(lambda: sum(ld.ops for ld in loads) >= target or any(ld.errors for ld in loads), DEADLINE * 3, what)
     errs = [e for ld in loads for e in ld.errors]
     assert not errs, errs

@@ -4,7 +4,6 @@ The load counts every request sent and every reply received, so a test can prove
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import random
@@ -15,9 +14,9 @@ import tempfile
 import threading
 import time
 
-import pytest
 
-from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with, wait_for
+from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with
+from tests.waiting import wait_for
 from xen9p_sim.client import Client, P9Error
 from xen9p_common.errors import Xen9pError
 from xen9p_common.p9 import constants as c
@@ -31,20 +30,10 @@ DEADLINE = 20.0
 REAL_WORKER = f"{sys.executable} -m xen9p_worker"
 
 
-@functools.lru_cache(maxsize=1)
-def ring_worker_missing() -> str | None:
-    r = subprocess.run([sys.executable, "-m", "xen9p_worker", "ring", "--help"], capture_output=True,
-                       cwd=ROOT, env=env_for_children(), timeout=60)
-    return None if r.returncode == 0 else "the ring worker (python -m xen9p_worker ring) has not landed"
-
-
 class World:
     """A sim xenstored and a xen9pd with real workers in one temporary directory."""
 
     def __init__(self, prefix: str, **settings) -> None:
-        why = ring_worker_missing()
-        if why:
-            pytest.skip(why)
         self.dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
         self.xsd = SimXenstored(self.dir)
         self.xs = self.xsd.client()

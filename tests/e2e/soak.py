@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
 import time
 
@@ -17,7 +16,7 @@ import psutil
 
 from tests.e2e.real_guest import DEADLINE, RealGuest, World, ring
 from tests.e2e.verified_load import VerifiedLoad
-from tests.e2e.xen9pd_helpers import wait_for
+from tests.waiting import wait_for
 from xen9p_supervisor.devstate import segment_name
 
 SAMPLE_EVERY_OPS = 400

@@ -16,30 +16,11 @@ import tempfile
 import pytest
 
 from xen9p_supervisor.devstate import segments_of
-from tests.e2e.xen9pd_helpers import ROOT, env_for_children, procs_with, wait_for
+from tests.e2e.xen9pd_helpers import ROOT, env_for_children, procs_with
+from tests.waiting import wait_for
 from xen9p_sim.demo import DEMO_GUESTS, UNDER_WAY_OPS
 
 SHM = "/dev/shm"
-
-
-def _missing() -> str | None:
-    for mod in ("xen9p_supervisor.xen9pd", "xen9p_supervisor.xen9pctl"):
-        r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, cwd=ROOT,
-                           env=env_for_children(), timeout=60)
-        if r.returncode != 0:
-            return f"{mod} has not landed"
-    r = subprocess.run([sys.executable, "-m", "xen9p_worker", "ring", "--help"], capture_output=True, cwd=ROOT,
-                       env=env_for_children(), timeout=60)
-    if r.returncode != 0:
-        return "the ring worker (python -m xen9p_worker ring) has not landed"
-    return None
-
-
-@pytest.fixture(scope="module")
-def pieces():
-    why = _missing()
-    if why:
-        pytest.skip(why)
 
 
 def _device_segments(output: str) -> set[str]:
@@ -80,7 +61,7 @@ def _assert_nothing_left(sim_dir: str, output: str) -> None:
 
 
 @pytest.mark.slow
-def test_demo_runs_clean(pieces):
+def test_demo_runs_clean():
     proc = _demo("--json", "--timeout", "240")
     try:
         out, _ = proc.communicate(timeout=300)
@@ -123,7 +104,7 @@ def _under_way(proc: subprocess.Popen) -> str:
 
 
 @pytest.mark.slow
-def test_demo_ctrl_c_leaves_nothing_behind(pieces):
+def test_demo_ctrl_c_leaves_nothing_behind():
     # The interrupt lands on work in progress however fast the machine is: the guests never finish.
     proc = _demo("--until-interrupted", "--timeout", "240")
     try:
@@ -143,7 +124,7 @@ def test_demo_ctrl_c_leaves_nothing_behind(pieces):
 
 
 @pytest.mark.slow
-def test_demo_killed_hard_leaves_no_process(pieces):
+def test_demo_killed_hard_leaves_no_process():
     """SIGKILL gives the demo no chance to clean up: its children (xenstored, xen9pd, the never-ending
     guests) get SIGTERM from the kernel as their parent dies, and xen9pd frees its device state."""
     proc = _demo("--until-interrupted", "--timeout", "240")
@@ -168,7 +149,7 @@ def _run(*argv: str, env: dict, timeout: float = 120) -> subprocess.CompletedPro
 
 
 @pytest.mark.slow
-def test_walkthrough_by_hand(pieces, tmp_path):
+def test_walkthrough_by_hand(tmp_path):
     """docs/walkthrough.md, command by command: xenstored, xen9pd, attach, guest, xen9pctl, detach."""
     sim = tempfile.mkdtemp(prefix="walk", dir="/tmp")  # short: Unix socket paths are limited
     env = dict(env_for_children(), XEN9P_SIM_DIR=sim)

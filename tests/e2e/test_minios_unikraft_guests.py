@@ -15,7 +15,8 @@ import threading
 import pytest
 
 from tests.e2e.real_guest import DEADLINE, World, ring, wait_new_worker
-from tests.e2e.xen9pd_helpers import ROOT, env_for_children, wait_for
+from tests.e2e.xen9pd_helpers import ROOT, env_for_children
+from tests.waiting import wait_for
 from xen9p_sim.client import P9Error
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m

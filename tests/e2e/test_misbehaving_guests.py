@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from tests.e2e.real_guest import DEADLINE, RealGuest, World
-from tests.e2e.xen9pd_helpers import procs_with, wait_for
+from tests.e2e.xen9pd_helpers import procs_with
+from tests.waiting import wait_for
 from xen9p_common.errors import PlatformError, XenStoreError
 from xen9p_common.p9 import constants as c
 from xen9p_common.p9 import messages as m

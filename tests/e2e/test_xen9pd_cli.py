@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.e2e.xen9pd_helpers import ROOT, Guest, env_for_children, wait_for, xen9pd_world
+from tests.e2e.xen9pd_helpers import ROOT, Guest, env_for_children, xen9pd_world
+from tests.waiting import wait_for
 
 
 def ctl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:

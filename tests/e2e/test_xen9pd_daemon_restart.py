@@ -18,7 +18,8 @@ import time
 import pytest
 
 from tests.e2e.real_guest import DEADLINE, Load, RealGuest, World, ring
-from tests.e2e.xen9pd_helpers import ROOT, env_for_children, wait_for
+from tests.e2e.xen9pd_helpers import ROOT, env_for_children
+from tests.waiting import wait_for
 from xen9p_sim.client import ClientError
 from xen9p_common.xenbus import XenbusState
 from xen9p_supervisor.devstate import segments_of

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from tests.e2e.xen9pd_helpers import ROOT, Guest, SimXenstored, Xen9pd, env_for_children, procs_with, wait_for
+from tests.e2e.xen9pd_helpers import ROOT, Guest, SimXenstored, Xen9pd, env_for_children, procs_with
+from tests.waiting import wait_for
 from xen9p_supervisor import toolstack
 
 

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from tests.e2e.real_guest import RealGuest, World
-from tests.e2e.xen9pd_helpers import wait_for
+from tests.waiting import wait_for
 
 
 def _free_port() -> int:

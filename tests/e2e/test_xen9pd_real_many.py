@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from tests.e2e.real_guest import Load, RealGuest, World, xen9pctl
-from tests.e2e.xen9pd_helpers import wait_for
+from tests.waiting import wait_for
 from xen9p_sim.workloads import run_workload
 from xen9p_common.xenbus import XenbusState
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from tests.e2e.real_guest import DEADLINE, Load, RealGuest, World, ring, wait_new_worker, xen9pctl
-from tests.e2e.xen9pd_helpers import wait_for
+from tests.waiting import wait_for
 from xen9p_sim.frontend.linux import FrontendError
 from xen9p_common.xenbus import XenbusState
 

@@ -9,7 +9,8 @@ import signal
 
 import pytest
 
-from tests.e2e.xen9pd_helpers import Guest, SimXenstored, Xen9pd, wait_for
+from tests.e2e.xen9pd_helpers import Guest, SimXenstored, Xen9pd
+from tests.waiting import wait_for
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from typing import Callable
 
 import zmq
 
@@ -19,6 +17,7 @@ from xen9p_common import control
 from xen9p_common.platform import Transaction
 from xen9p_common.platform.xswire import XsWireClient
 from xen9p_supervisor import toolstack
+from tests.waiting import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -27,17 +26,6 @@ FAKE_WORKER = os.path.join(HERE, "fake_worker.py")
 FAST = dict(heartbeat_timeout=1.0, ready_timeout=3.0, kill_grace=1.0, startsecs=1.0, startretries=2,
             backoff_initial=0.05, backoff_max=0.2, rescan_interval=0.5, close_timeout=3.0, metrics_interval=0.2,
             device_state="none")
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition", interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)  # polling interval of a deadline-bounded wait
 
 
 def env_for_children() -> dict:

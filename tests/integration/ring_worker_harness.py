@@ -31,18 +31,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 GUEST = 7
 
 
-def wait_for(cond, timeout: float = 10.0, what: str = "condition", interval: float = 0.002):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        # Polling a condition against a deadline (not sleeping to synchronise).
-        time.sleep(interval)
-
-
 class GuestRing:
     def __init__(self, mem: SimDomainMemory, evt: SimEventChannels, order: int) -> None:
         n = 1 << order

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.acceptance.servers import REPO, _wait_for_socket
+from tests.acceptance.servers import REPO, wait_for_socket
 from xen9p_sim.client import Client, SocketTransport
 from xen9p_common.p9 import constants as c
 
@@ -37,7 +37,7 @@ def server(tmp_path):
                                  str(export), "--security-model", "passthrough", "--threads", "2"],
                                 stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=limit)
     try:
-        _wait_for_socket(proc, sock, log)
+        wait_for_socket(proc, sock, log)
         client = Client(SocketTransport.connect_unix(str(sock)), timeout=20.0)
         client.version(65536)
         yield export, client, client.attach(str(export), "root", 0), proc

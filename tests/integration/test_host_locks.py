@@ -14,7 +14,8 @@ import pytest
 from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as M
 
-from .ring_worker_harness import SHM_DIR, wait_for
+from .ring_worker_harness import SHM_DIR
+from tests.waiting import wait_for
 from .test_ring_worker import O_RDWR, attach, ok, version
 
 _FLOCK = struct.Struct("hhqqi4x")

@@ -10,7 +10,8 @@ from xen9p_common.p9 import messages as M
 from xen9p_worker.ring_worker import RingWorker
 from xen9p_worker.watchdog import Watchdog
 
-from .ring_worker_harness import Device, InprocWorker, StubSession, wait_for
+from .ring_worker_harness import Device, InprocWorker, StubSession
+from tests.waiting import wait_for
 
 
 class HoldingSession(StubSession):

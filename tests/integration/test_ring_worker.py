@@ -8,7 +8,6 @@ import errno
 import os
 import signal
 import struct
-import time
 
 import pytest
 
@@ -16,7 +15,8 @@ from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as M
 from xen9p_common.ring import IntfLayout
 
-from .ring_worker_harness import Device, wait_for
+from .ring_worker_harness import Device
+from tests.waiting import wait_for
 
 O_RDWR = 2
 GETATTR_ALL = 0x3FFF
@@ -334,10 +334,8 @@ def test_sigterm_drains_and_exits_zero(device_factory):
     tags = [t for _, t, _ in d.guest.replies[before:]]
     assert len(tags) == len(set(tags))  # never twice; untaken ones stay for a successor
     d.start()
-    deadline = time.monotonic() + 10
-    while len(d.guest.replies) - before < 32 and time.monotonic() < deadline:
-        d.guest.poll(0.05)
-    d.guest.poll(0.05)
+    wait_for(lambda: d.guest.poll(0.05) is not None and len(d.guest.replies) - before >= 32, 10, "32 replies")
+    d.guest.poll(0.05)  # and nothing more: a request answered twice would show here
     tags = [t for _, t, _ in d.guest.replies[before:]]
     assert sorted(tags) == list(range(32))
     d.wait_msg(lambda n, m: m.get("type") == "heartbeat" and n == "dom7/dev0/ring1", "a heartbeat")

@@ -10,7 +10,8 @@ import pytest
 
 from xen9p_common.p9 import messages as M
 
-from .ring_worker_harness import Device, InprocWorker, StubSession, wait_for
+from .ring_worker_harness import Device, InprocWorker, StubSession
+from tests.waiting import wait_for
 
 
 class ScriptedSession(StubSession):

@@ -13,7 +13,8 @@ import pytest
 from xen9p_common.p9 import messages as M
 from xen9p_worker.shared import journal as J
 
-from .ring_worker_harness import Device, GuestRing, wait_for
+from .ring_worker_harness import Device, GuestRing
+from tests.waiting import wait_for
 
 GETATTR_ALL = 0x3FFF
 BIG = 512 * 1024

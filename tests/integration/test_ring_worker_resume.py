@@ -11,7 +11,8 @@ import pytest
 
 from xen9p_common.p9 import messages as M
 
-from .ring_worker_harness import Device, wait_for
+from .ring_worker_harness import Device
+from tests.waiting import wait_for
 
 LANES = 16
 ITERS = 30

@@ -12,7 +12,8 @@ from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as M
 from xen9p_common.p9.stat import STAT_DONT_TOUCH
 
-from .ring_worker_harness import Device, wait_for
+from .ring_worker_harness import Device
+from tests.waiting import wait_for
 
 U = C.VERSION_9P2000U
 # Ring 1 serves (as its n-th reply): 1 Rversion, 2 Twalk, then these.

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.integration import xs_fixtures
+from tests.waiting import wait_for
 from xen9p_sim.client import Client
 from xen9p_common.errors import RingError
 from xen9p_common.p9 import messages as m
@@ -34,10 +34,6 @@ from xen9p_sim.cli import create_domain
 
 DOMID = 7
 DEADLINE = 20.0
-
-
-def wait_for(cond, what: str = "condition"):
-    return xs_fixtures.wait_for(cond, DEADLINE, what)
 
 
 class StandInServer:
@@ -251,118 +247,120 @@ def sim():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def start_backend(sim, **kw) -> MiniBackend:
-    d, server, _ = sim
-    return MiniBackend(d, server.socket_path, DOMID, **kw).start()
+@pytest.fixture
+def backend(sim):
+    """backend(**options) starts a MiniBackend on the test's device; every one started is stopped at teardown."""
+    started: list[MiniBackend] = []
 
-
-def test_handshake_writes_linux_keys_and_connects(sim):
-    d, _, dom0 = sim
-    be = start_backend(sim)
-    try:
-        with SimFrontend(d, DOMID, "share") as fe:
-            tr = fe.connect()
-            fe_dir = toolstack.frontend_path(DOMID, 0)
-            assert dom0.read(fe_dir + "/version") == "1"
-            assert dom0.read(fe_dir + "/num-rings") == "2"
-            assert int(dom0.read(fe_dir + "/ring-ref0")) > 0 and int(dom0.read(fe_dir + "/ring-ref1")) > 0
-            assert int(dom0.read(fe_dir + "/event-channel-0")) > 0
-            assert dom0.read(fe_dir + "/state") == "4"
-            assert fe.order == 9 and len(tr.rings) == 2
-            assert tr.maxsize == 512 * 1024
-        assert be.error is None
-        assert wait_for(lambda: be.be_state() == XenbusState.Closed, what="backend Closed")
-    finally:
+    def start(**kw) -> MiniBackend:
+        d, server, _ = sim
+        started.append(MiniBackend(d, server.socket_path, DOMID, **kw).start())
+        return started[-1]
+    yield start
+    for be in started:
         be.stop()
 
 
-def test_ring_order_follows_backend_max_and_caps_msize(sim):
-    d, _, _ = sim
-    be = start_backend(sim, max_order=6)
-    try:
-        with SimFrontend(d, DOMID, "share") as fe:
-            client, root = mount(fe)
-            assert fe.order == 6
-            # order 6: 128 KiB per half, so the transport allows half of it.
-            assert client.msize == transport_maxsize(6) == 64 * 1024
-            assert root.qid.type == 0x80
-            client.close()
-    finally:
-        be.stop()
+@pytest.fixture
+def frontend(sim, backend):
+    """frontend(**options) makes the Linux-like frontend of the test's device; closed at teardown (before the
+    backend stops). A test that checks what follows the close calls fe.close() itself (closing twice is harmless)."""
+    made: list[SimFrontend] = []
+
+    def make(**kw) -> SimFrontend:
+        made.append(SimFrontend(sim[0], DOMID, "share", **kw))
+        return made[-1]
+    yield make
+    for fe in made:
+        fe.close()
 
 
-def test_requests_spread_by_tag_and_big_messages_wrap(sim):
-    d, _, _ = sim
-    be = start_backend(sim, max_order=1)
-    try:
-        with SimFrontend(d, DOMID, "share") as fe:
-            client, root = mount(fe, msize=LINUX_DEFAULT_MSIZE)
-            assert client.msize == 2048  # order 1: 4 KiB halves -> 2 KiB transport max
-            # Tversion (tag 0xFFFF) lands on ring 1, as in Linux.
-            assert be.server.seen[0] == (1, 0xFFFF)
-            f = root.walk("file")
-            for off in range(0, 40 * 1500, 1500):  # many laps of a 4 KiB ring
-                assert f.read_once(off, 1500) == bytes((off + i) & 0xFF for i in range(1500))
-            tags = [(ring, tag) for ring, tag in be.server.seen[1:]]
-            assert all(ring == tag % 2 for ring, tag in tags)
-            assert {ring for ring, _ in tags} == {0, 1}
-            client.close()
-    finally:
-        be.stop()
+def test_handshake_writes_linux_keys_and_connects(sim, backend, frontend):
+    dom0 = sim[2]
+    be = backend()
+    fe = frontend()
+    tr = fe.connect()
+    fe_dir = toolstack.frontend_path(DOMID, 0)
+    assert dom0.read(fe_dir + "/version") == "1"
+    assert dom0.read(fe_dir + "/num-rings") == "2"
+    assert int(dom0.read(fe_dir + "/ring-ref0")) > 0 and int(dom0.read(fe_dir + "/ring-ref1")) > 0
+    assert int(dom0.read(fe_dir + "/event-channel-0")) > 0
+    assert dom0.read(fe_dir + "/state") == "4"
+    assert fe.order == 9 and len(tr.rings) == 2
+    assert tr.maxsize == 512 * 1024
+    fe.close()
+    assert be.error is None
+    assert wait_for(lambda: be.be_state() == XenbusState.Closed, DEADLINE, what="backend Closed")
 
 
-def test_many_requests_in_flight_from_threads(sim):
-    d, _, _ = sim
-    be = start_backend(sim, max_order=2)
-    try:
-        with SimFrontend(d, DOMID, "share") as fe:
-            client, root = mount(fe)
-            f = root.walk("x")
-            errors = []
-
-            def worker(k: int) -> None:
-                try:
-                    for j in range(30):
-                        off = k * 1000 + j
-                        assert f.read_once(off, 700) == bytes((off + i) & 0xFF for i in range(700))
-                except Exception as e:  # noqa: BLE001
-                    errors.append(e)
-
-            threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(DEADLINE)
-            assert not errors
-            assert fe.transport.requests >= 8 * 30
-            client.close()
-    finally:
-        be.stop()
+def test_ring_order_follows_backend_max_and_caps_msize(backend, frontend):
+    backend(max_order=6)
+    fe = frontend()
+    client, root = mount(fe)
+    assert fe.order == 6
+    # order 6: 128 KiB per half, so the transport allows half of it.
+    assert client.msize == transport_maxsize(6) == 64 * 1024
+    assert root.qid.type == 0x80
+    client.close()
 
 
-def test_refuses_backend_with_fewer_than_two_rings(sim):
-    d, _, dom0 = sim
-    be = start_backend(sim, max_rings=1)
-    try:
-        with SimFrontend(d, DOMID, "share", timeout=5) as fe:
-            with pytest.raises(FrontendError, match="max-rings 1"):
-                fe.connect()
-            # xenbus_dev_fatal: the frontend goes Closing, and wrote no ring keys.
-            assert dom0.read(toolstack.frontend_path(DOMID, 0) + "/state") == "5"
-            assert dom0.read(toolstack.frontend_path(DOMID, 0) + "/num-rings") is None
-    finally:
-        be.stop()
+def test_requests_spread_by_tag_and_big_messages_wrap(backend, frontend):
+    be = backend(max_order=1)
+    fe = frontend()
+    client, root = mount(fe, msize=LINUX_DEFAULT_MSIZE)
+    assert client.msize == 2048  # order 1: 4 KiB halves -> 2 KiB transport max
+    # Tversion (tag 0xFFFF) lands on ring 1, as in Linux.
+    assert be.server.seen[0] == (1, 0xFFFF)
+    f = root.walk("file")
+    for off in range(0, 40 * 1500, 1500):  # many laps of a 4 KiB ring
+        assert f.read_once(off, 1500) == bytes((off + i) & 0xFF for i in range(1500))
+    tags = [(ring, tag) for ring, tag in be.server.seen[1:]]
+    assert all(ring == tag % 2 for ring, tag in tags)
+    assert {ring for ring, _ in tags} == {0, 1}
+    client.close()
 
 
-def test_refuses_bad_versions(sim):
-    d, _, _ = sim
-    be = start_backend(sim, versions="2")
-    try:
-        with SimFrontend(d, DOMID, "share", timeout=5) as fe:
-            with pytest.raises(FrontendError, match="versions"):
-                fe.connect()
-    finally:
-        be.stop()
+def test_many_requests_in_flight_from_threads(backend, frontend):
+    backend(max_order=2)
+    fe = frontend()
+    client, root = mount(fe)
+    f = root.walk("x")
+    errors = []
+
+    def worker(k: int) -> None:
+        try:
+            for j in range(30):
+                off = k * 1000 + j
+                assert f.read_once(off, 700) == bytes((off + i) & 0xFF for i in range(700))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    assert not errors
+    assert fe.transport.requests >= 8 * 30
+    client.close()
+
+
+def test_refuses_backend_with_fewer_than_two_rings(sim, backend, frontend):
+    dom0 = sim[2]
+    backend(max_rings=1)
+    fe = frontend(timeout=5)
+    with pytest.raises(FrontendError, match="max-rings 1"):
+        fe.connect()
+    # xenbus_dev_fatal: the frontend goes Closing, and wrote no ring keys.
+    assert dom0.read(toolstack.frontend_path(DOMID, 0) + "/state") == "5"
+    assert dom0.read(toolstack.frontend_path(DOMID, 0) + "/num-rings") is None
+
+
+def test_refuses_bad_versions(backend, frontend):
+    backend(versions="2")
+    fe = frontend(timeout=5)
+    with pytest.raises(FrontendError, match="versions"):
+        fe.connect()
 
 
 def test_waits_for_initwait_with_a_timeout(sim):
@@ -374,26 +372,23 @@ def test_waits_for_initwait_with_a_timeout(sim):
         assert time.monotonic() - t0 < 5
 
 
-def test_backend_close_ends_the_transport_and_reconnect_works(sim):
-    d, _, _ = sim
-    be = start_backend(sim)
-    try:
-        with SimFrontend(d, DOMID, "share") as fe:
-            client, root = mount(fe)
-            # The backend closes on its own (as xen9pd on a detach or a failure).
-            be.xs.write(be.be + "/state", str(int(XenbusState.Closing)))
-            assert fe.backend_closed.wait(DEADLINE)
-            assert wait_for(lambda: fe.state == XenbusState.Closed, what="frontend Closed")
-            assert wait_for(lambda: client.closed, what="client sees the closed transport")
-            client.close()
-            # The backend's loop saw our Closed; the frontend comes back at Initialising.
-            client2, root2 = mount_after(fe)
-            assert root2.walk("y").qid is not None
-            assert be.connects == 2
-            client2.close()
-        assert be.error is None
-    finally:
-        be.stop()
+def test_backend_close_ends_the_transport_and_reconnect_works(backend, frontend):
+    be = backend()
+    fe = frontend()
+    client, root = mount(fe)
+    # The backend closes on its own (as xen9pd on a detach or a failure).
+    be.xs.write(be.be + "/state", str(int(XenbusState.Closing)))
+    assert fe.backend_closed.wait(DEADLINE)
+    assert wait_for(lambda: fe.state == XenbusState.Closed, DEADLINE, what="frontend Closed")
+    assert wait_for(lambda: client.closed, DEADLINE, what="client sees the closed transport")
+    client.close()
+    # The backend's loop saw our Closed; the frontend comes back at Initialising.
+    client2, root2 = mount_after(fe)
+    assert root2.walk("y").qid is not None
+    assert be.connects == 2
+    client2.close()
+    fe.close()
+    assert be.error is None
 
 
 def mount_after(fe: SimFrontend):
@@ -403,141 +398,106 @@ def mount_after(fe: SimFrontend):
     return client, client.attach("", "root", 0)
 
 
-def test_handshake_misbehaviour_is_written_as_asked(sim):
-    d, _, dom0 = sim
-    be = start_backend(sim)
-    try:
-        bad = Misbehave(version="7", num_rings=9, ref_zero=True)
-        with SimFrontend(d, DOMID, "share", misbehave=bad, timeout=1) as fe:
-            with pytest.raises(FrontendError):
-                fe.connect()  # the mini backend does not validate: it never connects 9 rings
-            fe_dir = toolstack.frontend_path(DOMID, 0)
-            assert dom0.read(fe_dir + "/version") == "7"
-            assert dom0.read(fe_dir + "/num-rings") == "9"
-            assert dom0.read(fe_dir + "/ring-ref0") == "0"
-    finally:
-        be.stop()
+def test_handshake_misbehaviour_is_written_as_asked(sim, backend, frontend):
+    dom0 = sim[2]
+    backend()
+    fe = frontend(misbehave=Misbehave(version="7", num_rings=9, ref_zero=True), timeout=1)
+    with pytest.raises(FrontendError):
+        fe.connect()  # the mini backend does not validate: it never connects 9 rings
+    fe_dir = toolstack.frontend_path(DOMID, 0)
+    assert dom0.read(fe_dir + "/version") == "7"
+    assert dom0.read(fe_dir + "/num-rings") == "9"
+    assert dom0.read(fe_dir + "/ring-ref0") == "0"
 
 
-def test_ring_order_above_max_is_written_in_the_intf_page(sim):
-    d, _, _ = sim
-    be = start_backend(sim, max_order=3)
-    try:
-        with SimFrontend(d, DOMID, "share", misbehave=Misbehave(ring_order=5), timeout=2) as fe:
-            with pytest.raises(FrontendError):
-                fe.connect()
-            assert be.error is not None and "above the maximum" in str(be.error)
-    finally:
-        be.stop()
+def test_ring_order_above_max_is_written_in_the_intf_page(backend, frontend):
+    be = backend(max_order=3)
+    fe = frontend(misbehave=Misbehave(ring_order=5), timeout=2)
+    with pytest.raises(FrontendError):
+        fe.connect()
+    assert be.error is not None and "above the maximum" in str(be.error)
 
 
-def test_garbage_size_breaks_the_ring(sim):
-    d, _, _ = sim
-    be = start_backend(sim)
-    try:
-        with SimFrontend(d, DOMID, "share") as fe:
-            client, _ = mount(fe)
-            fe.inject_garbage_size(0, size=3)
-            assert wait_for(lambda: be.be_state() == XenbusState.Closed, what="backend Closed")
-            assert fe.backend_closed.wait(DEADLINE)
-            client.close()
-    finally:
-        be.stop()
+def test_garbage_size_breaks_the_ring(backend, frontend):
+    be = backend()
+    fe = frontend()
+    client, _ = mount(fe)
+    fe.inject_garbage_size(0, size=3)
+    assert wait_for(lambda: be.be_state() == XenbusState.Closed, DEADLINE, what="backend Closed")
+    assert fe.backend_closed.wait(DEADLINE)
+    client.close()
 
 
-def test_index_beyond_ring_breaks_the_ring(sim):
-    d, _, _ = sim
-    be = start_backend(sim)
-    try:
-        with SimFrontend(d, DOMID, "share") as fe:
-            client, _ = mount(fe)
-            fe.inject_index_beyond_ring(1)
-            assert wait_for(lambda: be.be_state() == XenbusState.Closed, what="backend Closed")
-            client.close()
-    finally:
-        be.stop()
+def test_index_beyond_ring_breaks_the_ring(backend, frontend):
+    be = backend()
+    fe = frontend()
+    client, _ = mount(fe)
+    fe.inject_index_beyond_ring(1)
+    assert wait_for(lambda: be.be_state() == XenbusState.Closed, DEADLINE, what="backend Closed")
+    client.close()
 
 
-def test_half_request_waits_until_completed(sim):
-    d, _, _ = sim
-    be = start_backend(sim)
-    try:
-        with SimFrontend(d, DOMID, "share") as fe:
-            client, root = mount(fe)
-            frame = m.encode(m.Tclunk(1000, 99))  # tag 1000 -> ring 0, outside the client's bookkeeping
-            seen = len(be.server.seen)
-            complete = fe.inject_half_request(frame, ring=0)
-            # The backend must not take half a request; the device keeps serving others.
-            assert root.walk("z").qid is not None
-            assert (0, 1000) not in be.server.seen[seen:]
-            complete()
-            assert wait_for(lambda: (0, 1000) in be.server.seen, what="the completed request")
-            client.close()
-    finally:
-        be.stop()
+def test_half_request_waits_until_completed(backend, frontend):
+    be = backend()
+    fe = frontend()
+    client, root = mount(fe)
+    frame = m.encode(m.Tclunk(1000, 99))  # tag 1000 -> ring 0, outside the client's bookkeeping
+    seen = len(be.server.seen)
+    complete = fe.inject_half_request(frame, ring=0)
+    # The backend must not take half a request; the device keeps serving others.
+    assert root.walk("z").qid is not None
+    assert (0, 1000) not in be.server.seen[seen:]
+    complete()
+    assert wait_for(lambda: (0, 1000) in be.server.seen, DEADLINE, what="the completed request")
+    client.close()
 
 
-def test_tflush_flood_is_answered(sim):
-    d, _, _ = sim
-    be = start_backend(sim, max_order=1)
-    try:
-        with SimFrontend(d, DOMID, "share") as fe:
-            client, _ = mount(fe)
-            assert flood_tflush(client, 500) == 500
-            client.close()
-    finally:
-        be.stop()
+def test_tflush_flood_is_answered(backend, frontend):
+    backend(max_order=1)
+    fe = frontend()
+    client, _ = mount(fe)
+    assert flood_tflush(client, 500) == 500
+    client.close()
 
 
-def test_never_consuming_replies_fills_the_in_ring(sim):
-    d, _, _ = sim
-    be = start_backend(sim, max_order=0)
-    try:
-        with SimFrontend(d, DOMID, "share", misbehave=Misbehave(never_consume=True)) as fe:
-            tr = fe.connect()
-            for tag in range(0, 800, 2):  # ring 0 only; 400 Rflush outgrow the 2 KiB IN half
-                tr.send(m.encode(m.Tflush(tag, 1)))
-            ring = tr.rings[0]
-            # The IN half (2 KiB) fills with Rflush frames and stays full.
-            assert wait_for(lambda: ring.fr.replies_queued() > 2048 - 7, what="IN ring full")
-            assert tr.replies == 0
-    finally:
-        be.stop()
+def test_never_consuming_replies_fills_the_in_ring(backend, frontend):
+    backend(max_order=0)
+    fe = frontend(misbehave=Misbehave(never_consume=True))
+    tr = fe.connect()
+    for tag in range(0, 800, 2):  # ring 0 only; 400 Rflush outgrow the 2 KiB IN half
+        tr.send(m.encode(m.Tflush(tag, 1)))
+    ring = tr.rings[0]
+    # The IN half (2 KiB) fills with Rflush frames and stays full.
+    assert wait_for(lambda: ring.fr.replies_queued() > 2048 - 7, DEADLINE, what="IN ring full")
+    assert tr.replies == 0
 
 
-def test_vanish_leaves_grants_to_the_backend(sim):
-    d, _, _ = sim
-    be = start_backend(sim)
-    try:
-        fe = SimFrontend(d, DOMID, "share")
-        client, root = mount(fe)
-        fe.vanish(m.encode(m.Tclunk(4, 1)))
-        assert client.closed or wait_for(lambda: client.closed, what="client closed")
-        # Nothing was written: the frontend still says Connected, the backend still serves.
-        assert be.fe_state() == XenbusState.Connected
-        client.close()
-    finally:
-        be.stop()
+def test_vanish_leaves_grants_to_the_backend(sim, backend):
+    be = backend()
+    fe = SimFrontend(sim[0], DOMID, "share")  # never closed: it vanished
+    client, root = mount(fe)
+    fe.vanish(m.encode(m.Tclunk(4, 1)))
+    assert client.closed or wait_for(lambda: client.closed, DEADLINE, what="client closed")
+    # Nothing was written: the frontend still says Connected, the backend still serves.
+    assert be.fe_state() == XenbusState.Connected
+    client.close()
 
 
-def test_workloads_through_the_rings_against_the_real_dispatcher(sim):
-    try:
-        server = DispatchServer(os.path.join(sim[0], "export"))
-    except ImportError as e:
-        pytest.skip(f"the server dispatcher has not landed: {e}")
+def test_workloads_through_the_rings_against_the_real_dispatcher(sim, backend, frontend):
     from xen9p_sim.workloads import run_workload
-    be = start_backend(sim, server=server, max_order=4)  # 32 KiB halves: replies wrap often
+    server = DispatchServer(os.path.join(sim[0], "export"))
     try:
-        with SimFrontend(sim[0], DOMID, "share") as fe:
-            client, root = mount(fe)
-            assert client.msize == transport_maxsize(4)
-            for name in ("smoke", "fsstress", "untar", "readdir", "locks"):
-                s = run_workload(name, root, seed=5)
-                assert s.errors == 0, (name, s.details)
-                assert s.ops > 0
-            assert {ring for ring, _ in server.seen} == {0, 1}
-            client.close()
+        be = backend(server=server, max_order=4)  # 32 KiB halves: replies wrap often
+        fe = frontend()
+        client, root = mount(fe)
+        assert client.msize == transport_maxsize(4)
+        for name in ("smoke", "fsstress", "untar", "readdir", "locks"):
+            s = run_workload(name, root, seed=5)
+            assert s.errors == 0, (name, s.details)
+            assert s.ops > 0
+        assert {ring for ring, _ in server.seen} == {0, 1}
+        client.close()
+        fe.close()
         assert be.error is None
     finally:
-        be.stop()
         server.close()

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from tests.integration.test_sim_frontend import sim  # noqa: F401 - the fixture
-from tests.integration.test_sim_frontend import DOMID, MiniBackend, StandInServer, start_backend
+from tests.integration.test_sim_frontend import backend, sim  # noqa: F401 - the fixtures
+from tests.integration.test_sim_frontend import DOMID, StandInServer
 from xen9p_sim.client import P9Error
 from xen9p_common.p9 import messages as m
 from xen9p_sim.frontend.linux import FrontendError, SimFrontend, domain_socket
@@ -57,19 +57,6 @@ class RecordingXenStore:
             outer.transactions.append(writes)
             return r
         return self.inner.transaction(recording)
-
-
-@pytest.fixture
-def backend(sim):
-    """start(**kw): the in-test backend for DOMID; every one started is stopped after the test."""
-    started: list[MiniBackend] = []
-
-    def start(**kw) -> MiniBackend:
-        started.append(start_backend(sim, **kw))
-        return started[-1]
-    yield start
-    for be in started:
-        be.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import errno
 import os
 import select
 import socket
-import struct
 import threading
 
 import pytest
@@ -15,8 +14,9 @@ from xen9p_common.platform import Perm, WatchEvent
 from xen9p_sim.xenstore.xenstored import XenstoredServer
 from xen9p_common.platform.xen.xenstore import PyxsXenStore, find_socket, open_xenstore, socket_candidates
 from xen9p_common.platform.xswire import HEADER, XsType, XsWireClient, pack_message
-from tests.integration.xs_fixtures import (dom0, make_guest, small_xenstored, wait_for,  # noqa: F401
+from tests.integration.xs_fixtures import (dom0, make_guest, small_xenstored,  # noqa: F401
                                            xenstored, xs_dir)
+from tests.waiting import wait_for
 
 
 @pytest.fixture(params=["wire", "pyxs"])

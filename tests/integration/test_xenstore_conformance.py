@@ -17,8 +17,9 @@ import pytest
 from xen9p_common.errors import XenStoreError
 from xen9p_common.platform import Perm, WatchEvent
 from xen9p_common.platform.xswire import XsWireClient
-from tests.integration.xs_fixtures import (dom0, make_guest, run_tool, wait_for, xenstored,  # noqa: F401
+from tests.integration.xs_fixtures import (dom0, make_guest, run_tool, xenstored,  # noqa: F401
                                            xs_dir, xs_tools_or_skip)
+from tests.waiting import wait_for
 
 
 @pytest.fixture

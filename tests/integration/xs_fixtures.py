@@ -8,8 +8,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
-from typing import Callable
 
 import pytest
 
@@ -18,18 +16,6 @@ from xen9p_common.platform.xswire import XsWireClient
 
 XS_TOOLS = ("xenstore-write", "xenstore-read", "xenstore-ls", "xenstore-list", "xenstore-rm",
             "xenstore-chmod", "xenstore-exists", "xenstore-watch")
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> object:
-    """Poll cond until it is truthy or the deadline passes (no bare sleeps in tests)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture

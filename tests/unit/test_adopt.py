@@ -15,6 +15,7 @@ from xen9p_supervisor.adopt import AdoptedProcess, LiveWorker, _start_ticks, fin
 from xen9p_supervisor.exit_mode import keep_serving_on_sigterm, systemd_job, systemd_unit
 from xen9p_supervisor.workers import Launcher
 from xen9p_common.control import RingSpec
+from tests.waiting import wait_for
 
 SYSTEMD = {"INVOCATION_ID": "0123abcd"}
 
@@ -79,11 +80,18 @@ def test_other_command_lines_are_not_workers(argv):
     assert parse_worker_argv(argv) is None
 
 
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
 @pytest.fixture
 def sleeper():
     """A process titled like a ring worker (its argv[0]) with a worker's command line."""
     argv = Launcher([sys.executable, "-c", "import time; time.sleep(60)", "--"], "sim", "/tmp/simx").argv(_spec())
     p = subprocess.Popen(["xen9p dom3/dev0/ring1"] + argv[1:], executable=sys.executable)
+    # The child's /proc cmdline can read empty for a moment after the spawn returns.
+    wait_for(lambda: _cmdline(p.pid).startswith(b"xen9p dom3/dev0/ring1\0"), 10, "the sleeper's command line")
     yield p
     if p.poll() is None:
         p.kill()

@@ -1,7 +1,5 @@
 """Drives the project's real-Xen XenStore (open_xenstore/PyxsXenStore) against the real xenstored.
 Prints one 'PASS name detail' or 'FAIL name detail' line per check (with a traceback on failure)."""
-import errno
-import os
 import sys
 import threading
 import time
@@ -29,7 +27,7 @@ def check(name):
     return wrap
 
 
-def wait_for(xs, want, timeout=10.0):
+def wait_watch(xs, want, timeout=10.0):
     """Watch events until one whose path is in `want`; returns the events seen."""
     seen = []
     deadline = time.monotonic() + timeout
@@ -89,9 +87,9 @@ def _():
 @check("watch-fires-initially-and-on-write")
 def _():
     xs.watch(BASE + "/w", "tok-w")
-    first = wait_for(xs, {BASE + "/w"})
+    first = wait_watch(xs, {BASE + "/w"})
     xs.write(BASE + "/w/child", "x")
-    later = wait_for(xs, {BASE + "/w/child"})
+    later = wait_watch(xs, {BASE + "/w/child"})
     assert all(ev.token == "tok-w" for ev in first + later)
     xs.unwatch(BASE + "/w", "tok-w")
     return f"{len(first)}+{len(later)} events"
@@ -103,14 +101,14 @@ def _():
     xs.watch(BASE + "/p", "tok-p")
     r, _, _ = select.select([xs.event_fd()], [], [], 5.0)
     assert r, "event_fd not readable after a watch's initial fire"
-    assert wait_for(xs, {BASE + "/p"})
+    assert wait_watch(xs, {BASE + "/p"})
     xs.unwatch(BASE + "/p", "tok-p")
 
 
 @check("special-watch-introduceDomain")
 def _():
     xs.watch("@introduceDomain", "tok-i")
-    wait_for(xs, {"@introduceDomain"})
+    wait_watch(xs, {"@introduceDomain"})
     xs.unwatch("@introduceDomain", "tok-i")
 
 
