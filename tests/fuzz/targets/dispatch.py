@@ -27,6 +27,7 @@ from xen9p_worker.dispatch import ENAME_MAX, Limits, Server
 from ..draw import Draw
 from ..frames import REQUESTS, draw_message, mangle
 from ..sandbox import Sandbox
+from ..tmpfs import SANDBOX_PARENT_ENV
 
 MODELS = ("passthrough", "none", "mapped-xattr", "mapped-file")
 FIDS = (0, 1, 2, 3, 4, M.NOFID)
@@ -45,7 +46,8 @@ class _Errors(logging.Handler):
 
 class _World:
     def __init__(self) -> None:
-        self.box = Sandbox()
+        # run_one points this at a private tmpfs (tmpfs.py); unset: the default temp directory.
+        self.box = Sandbox(parent=os.environ.get(SANDBOX_PARENT_ENV))
         self.servers: dict[tuple[str, bool], Server] = {}
         self.errors = _Errors()
         self.errors.setFormatter(logging.Formatter("%(name)s: %(message)s"))
