@@ -56,7 +56,9 @@ class ControlCommands:
                            "self_domid": self.self_domid, "kinds": list(self.cfg.kinds),
                            "uptime": round(time.time() - self.started, 3), "cpus": list(self.cpus.cpus),
                            "devices": len(devs), "rings": sum(len(d["rings"]) for d in devs),
-                           "log_level": logging.getLevelName(log.level).lower()},
+                           "log_level": logging.getLevelName(log.level).lower(),
+                           "xenstore": "connected" if self.xs.connected else "reconnecting",
+                           "xenstore_lost_total": self.xs.lost_total},
                 "devices": devs}
 
     def metrics_snapshot(self) -> dict:

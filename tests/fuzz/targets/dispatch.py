@@ -210,7 +210,18 @@ def _check(sess, sent, replies: Replies, msizes: set[int]) -> None:
 def _check_outside_and_fds(w: _World) -> None:
     changed = w.box.changed_outside()
     assert not changed, f"changed outside the export: {changed}"
-    n = len(os.listdir("/proc/self/fd"))
+    fds = _open_fds()
     if w.fd_base is None:
-        w.fd_base = n
-    assert n <= w.fd_base + 16, f"fd count grew from {w.fd_base} to {n} across sessions"
+        w.fd_base = len(fds)
+    assert len(fds) <= w.fd_base + 16, f"fd count grew from {w.fd_base} to {len(fds)} across sessions: {fds}"
+
+
+def _open_fds() -> dict[int, str]:
+    """This process's open fds and what each is (a leak's message names it)."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # listdir's own fd, closed by now
+    return out
