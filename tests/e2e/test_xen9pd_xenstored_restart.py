@@ -13,6 +13,7 @@ from tests.e2e import real_guest
 from tests.e2e.real_guest import RealGuest, World, ring
 from tests.e2e.restartable_xenstored import RestartableXenstored
 from tests.e2e.xen9pd_helpers import SimXenstored, wait_for
+from xen9p_supervisor.xen9pctl import status_table
 
 DEADLINE = 20.0
 
@@ -49,6 +50,7 @@ def test_xenstored_restart_keeps_rings_serving_and_xen9pd_reconnects(world):
     world.xsd.down()
     d.wait_log("lost the xenstore connection")
     wait_for(lambda: _xenstore(d) == "reconnecting", DEADLINE, "status to say reconnecting")  # control answers
+    assert "XENSTORE LOST: reconnecting" in status_table(d.status())
     assert a.works("outage-a") and b.works("outage-b")  # rings need no xenstore
     assert d.proc.poll() is None
     world.xsd.up()
