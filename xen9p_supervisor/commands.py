@@ -86,7 +86,9 @@ class Status(Command):
                            "self_domid": d.self_domid, "kinds": list(d.cfg.kinds),
                            "uptime": round(time.time() - d.started, 3), "cpus": list(d.cpus.cpus),
                            "devices": len(devs), "rings": sum(len(dv["rings"]) for dv in devs),
-                           "log_level": logging.getLevelName(log.level).lower()},
+                           "log_level": logging.getLevelName(log.level).lower(),
+                           "xenstore": "connected" if d.xs.connected else "reconnecting",
+                           "xenstore_lost_total": d.xs.lost_total},
                 "devices": devs}
 
     def render(self, result):

@@ -26,6 +26,8 @@ def status_table(st: dict) -> str:
     head = (f"xen9pd pid {d['pid']} {d['version']} on {d['platform']} (dom{d['self_domid']}), "
             f"up {fmt_uptime(d['uptime'])}, kinds {','.join(d['kinds'])}, "
             f"{d['devices']} device(s), {d['rings']} ring(s)")
+    if d.get("xenstore") == "reconnecting":
+        head += ", XENSTORE LOST: reconnecting (rings serve on)"
     rows = []
     for dev in st["devices"]:
         workers = " ".join(f"{r['pid'] or '-'}@{r['cpu'] if r['cpu'] is not None else '-'}" for r in dev["rings"])

@@ -5,6 +5,7 @@ names, and every rescan re-reads everything, creating devices that appeared and 
 """
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Callable, Iterable
 
@@ -166,8 +167,10 @@ class Discovery:
     def _children(self, path: str) -> list[int]:
         try:
             names = self.xs.list(path)
-        except XenStoreError:
-            return []  # missing (ENOENT) or unreadable: nothing to serve there
+        except XenStoreError as e:
+            if e.errno in (errno.ENOENT, errno.EACCES):
+                return []  # missing or unreadable: nothing to serve there
+            raise  # a lost or slow xenstored proves nothing: the rescan is abandoned, nothing swept
         return [n for n in (_decimal(x) for x in names) if n is not None]
 
     def check_domains(self) -> None:

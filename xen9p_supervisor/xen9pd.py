@@ -5,7 +5,6 @@ Composition happens in main(); the Supervisor's loop is single-threaded and sign
 from __future__ import annotations
 
 import argparse
-import errno
 import faulthandler
 import logging
 import os
@@ -18,7 +17,7 @@ import zmq
 from xen9p_common import control
 from xen9p_common.errors import ConfigError, Xen9pError, XenStoreError
 from xen9p_common.exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
-from xen9p_common.platform import XenStore, open_platform
+from xen9p_common.platform import open_platform
 from xen9p_common.version import version
 
 from . import config as configmod
@@ -34,6 +33,7 @@ from .libxl_node import StartupError, hold_libxl_node, release_libxl_node
 from .metrics import Metrics, PrometheusExporter
 from .sdnotify import Notifier
 from .workers import CpuAllocator, Launcher, Ring
+from .xs_reconnect import LOST, ReconnectingXenStore
 
 log = logging.getLogger("xen9pd")
 
@@ -52,7 +52,7 @@ def setup_logging(level: str) -> None:
 class Supervisor:
     """The daemon's state and loop. Collaborators come in; nothing here reads argv or the environment."""
 
-    def __init__(self, cfg: configmod.Config, xs: XenStore, self_domid: int, zctx: zmq.Context,
+    def __init__(self, cfg: configmod.Config, xs: ReconnectingXenStore, self_domid: int, zctx: zmq.Context,
                  state_factory: DeviceStateFactory, notifier: Notifier, reload_config=None,
                  platform_name: str = "xen") -> None:
         self.cfg = cfg
@@ -150,22 +150,21 @@ class Supervisor:
             if next_wd is not None:
                 deadlines.append(next_wd)
             deadlines += [d for d in (dev.next_deadline() for dev in self.devices()) if d is not None]
+            if self.xs.next_deadline() is not None:
+                deadlines.append(self.xs.next_deadline())
             timeout = max(0.0, min(deadlines) - now)
             poller.poll(int(timeout * 1000) + 1)
             try:
                 self._handle_signals()
                 if self.stopping:
                     break
-                lost = self._iteration()
+                self._iteration()
             except Exception:  # a bug in one step must not kill every guest's share
                 log.exception("internal error in the main loop; carrying on")
                 continue
-            if lost:  # the workers serve on; the next xen9pd (systemd restarts us) adopts them
-                self.shutdown(keep_serving=True)
-                return EXIT_UNAVAILABLE
             now = time.monotonic()
             if now >= next_rescan:
-                self._guard(self.discovery.rescan)
+                self._rescan()
                 next_rescan = now + self.cfg.rescan_interval
             if now >= next_metrics:
                 self._guard(self._metrics_tick)
@@ -182,22 +181,43 @@ class Supervisor:
         except Exception:
             log.exception("internal error in %s; carrying on", getattr(fn, "__name__", fn))
 
-    def _iteration(self) -> bool:
-        """One pass over every input; True if the xenstore connection is lost."""
+    def _iteration(self) -> None:
+        """One pass over every input. A lost xenstore connection changes nothing for the workers:
+        the loop serves on (control, workers, timers) and reconnects with backoff (xs_reconnect.py)."""
         self._handle_workers()
+        if self.xs.reconnect_if_due():
+            self._after_reconnect()
         try:
-            if self.discovery.handle_events():
-                self.discovery.rescan()
+            if self.xs.connected and self.discovery.handle_events():
+                self._rescan()
         except XenStoreError as e:
-            if e.errno in (errno.ECONNRESET, errno.EBADF, errno.EPIPE):
-                log.error("lost the xenstore connection: %s", e)
-                return True
-            log.warning("xenstore: %s", e)
+            if e.errno not in LOST:  # a lost connection is logged once, by the wrapper
+                log.warning("xenstore: %s", e)
         self.control.handle_ready()
         for dev in self.devices():
             dev.tick()
         self.discovery._sweep_forgotten()
-        return False
+
+    def _rescan(self) -> None:
+        """Mark and sweep, only on a working connection: a scan that cannot read is no proof of removal."""
+        if not self.xs.connected:
+            return
+        try:
+            self.discovery.rescan()
+        except XenStoreError as e:
+            if e.errno not in LOST:
+                log.warning("rescan abandoned (nothing released): %s", e)
+        except Exception:
+            log.exception("internal error in rescan; carrying on")
+
+    def _after_reconnect(self) -> None:
+        """A new xenstored connection (watches already re-armed): our libxl node again, then mark and sweep."""
+        if self.holding_libxl_node:
+            try:
+                hold_libxl_node(self.xs, self.self_domid)
+            except (StartupError, XenStoreError) as e:
+                log.warning("after reconnecting: %s", e)
+        self._rescan()
 
     def _handle_signals(self) -> None:
         try:
@@ -349,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     try:
         platform = open_platform(cfg.platform, cfg.sim_dir)
-        xs = platform.xenstore()
+        xs = ReconnectingXenStore(platform.xenstore)
     except (Xen9pError, OSError, ValueError, ImportError) as e:
         print(f"xen9pd: cannot reach xenstore ({cfg.platform}): {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE

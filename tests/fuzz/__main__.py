@@ -33,6 +33,9 @@ def run_target(name: str, runs: int, seed: int, max_len: int, artifacts: str, us
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, errors="replace")
     secs = time.monotonic() - t0
     out = p.stdout + p.stderr
+    # The whole output, kept: a finding's traceback comes long before libFuzzer's closing lines.
+    with open(os.path.join(artifacts, name, "last-run.log"), "w") as f:
+        f.write(out)
     done = re.findall(r"Done (\d+) runs", out)
     cov = re.findall(r"cov: (\d+)", out)
     return {"target": name, "inputs": int(done[-1]) if done else None, "seconds": round(secs, 1),
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run_target(n, args.runs, args.seed, args.max_len, args.artifacts, use_atheris, extra)
         if args.verbose or r["finding"]:
             print(r["output"][-6000:], file=sys.stderr)
+            print(f"(the whole output: {os.path.join(args.artifacts, n, 'last-run.log')})", file=sys.stderr)
         print(f"fuzz {n}: {r['inputs']} inputs ({r['mode']}, seed {args.seed}), {r['seconds']} s, "
               f"coverage {r['coverage']}, {'FINDING (rc %d)' % r['rc'] if r['finding'] else '0 findings'}",
               flush=True)

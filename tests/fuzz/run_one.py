@@ -6,11 +6,13 @@ The runner in __main__ starts this once per target; libFuzzer ends the process i
 from __future__ import annotations
 
 import importlib
+import os
 import random
 import sys
 import time
 
 from .targets import NAMES
+from .tmpfs import SANDBOX_PARENT_ENV, private_tmpfs
 
 INSTRUMENTED = ["xen9p_common", "xen9p_worker", "xen9p_supervisor"]
 
@@ -18,6 +20,12 @@ INSTRUMENTED = ["xen9p_common", "xen9p_worker", "xen9p_supervisor"]
 def load(name: str, instrument: bool):
     if name not in NAMES:
         raise SystemExit(f"unknown fuzz target {name!r}; one of {', '.join(NAMES)}")
+    if name == "dispatch" and os.environ.get("XEN9P_FUZZ_TMPFS", "1") != "0":
+        # This process only (never pytest's): a mount namespace of its own, before any thread starts.
+        parent, why = private_tmpfs()
+        print(f"fuzz dispatch: {why}", file=sys.stderr, flush=True)
+        if parent is not None:
+            os.environ[SANDBOX_PARENT_ENV] = parent  # read by the target (importing it here would skip instrumenting)
     if not instrument:
         return importlib.import_module(f"tests.fuzz.targets.{name}")
     import atheris

@@ -62,8 +62,8 @@ class Inotify:
 
 
 class Sandbox:
-    def __init__(self, prefix: str = "xen9p-fuzz-") -> None:
-        self.dir = tempfile.mkdtemp(prefix=prefix)
+    def __init__(self, prefix: str = "xen9p-fuzz-", parent: str | None = None) -> None:
+        self.dir = tempfile.mkdtemp(prefix=prefix, dir=parent)
         self.export = os.path.join(self.dir, "export")
         self.outside = os.path.join(self.dir, "outside")
         os.mkdir(self.export)

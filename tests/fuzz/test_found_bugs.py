@@ -83,6 +83,14 @@ def test_mknod_device_numbers_above_int_are_einval(conn, major, minor):
     assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL
 
 
+@pytest.mark.parametrize("mode", [3816079870, stat.S_IFIFO | 0o600 | 0x10000])
+def test_mknod_modes_with_bits_beyond_type_and_permissions_are_einval(conn, mode):
+    export, call = conn
+    r = call(M.Tmknod, 0, "n", mode, 0, 0, 0)
+    assert isinstance(r, M.Rlerror) and r.ecode == errno.EINVAL  # not EIO with a traceback
+    assert not (export / "n").exists()
+
+
 def test_xattr_names_with_nul_are_einval(conn):
     export, call = conn
     (export / "f").write_bytes(b"")

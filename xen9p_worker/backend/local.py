@@ -212,6 +212,8 @@ class LocalBackend:
         self.check_writable()
         if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
             raise OSError(errno.EINVAL, "bad mknod type")
+        if mode & ~(stat.S_IFMT(mode) | 0o7777):  # bits no mode has (os.mknod takes a C int: found by fuzzing)
+            raise OSError(errno.EINVAL, "bad mknod mode")
         self.model.mknod(dirfd, self.check_new_name(name), mode, rdev, uid, gid)
 
     def symlink(self, dirfd, name, target: bytes, uid, gid) -> None:

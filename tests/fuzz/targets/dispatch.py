@@ -22,11 +22,12 @@ import threading
 from xen9p_common.p9 import messages as M
 from xen9p_worker import handlers
 from xen9p_worker.backend.local import LocalBackend
-from xen9p_worker.dispatch import Limits, Server
+from xen9p_worker.dispatch import ENAME_MAX, Limits, Server
 
 from ..draw import Draw
 from ..frames import REQUESTS, draw_message, mangle
 from ..sandbox import Sandbox
+from ..tmpfs import SANDBOX_PARENT_ENV
 
 MODELS = ("passthrough", "none", "mapped-xattr", "mapped-file")
 FIDS = (0, 1, 2, 3, 4, M.NOFID)
@@ -45,7 +46,8 @@ class _Errors(logging.Handler):
 
 class _World:
     def __init__(self) -> None:
-        self.box = Sandbox()
+        # run_one points this at a private tmpfs (tmpfs.py); unset: the default temp directory.
+        self.box = Sandbox(parent=os.environ.get(SANDBOX_PARENT_ENV))
         self.servers: dict[tuple[str, bool], Server] = {}
         self.errors = _Errors()
         self.errors.setFormatter(logging.Formatter("%(name)s: %(message)s"))
@@ -183,24 +185,43 @@ def _check(sess, sent, replies: Replies, msizes: set[int]) -> None:
         replies.wait(lambda t=t: replies.by_tag.get(t), f"tag {t}")
     by_type = {t: mt for t, mt, _ in sent if count[t] == 1}
     with replies.cv:
-        got = {t: list(v) for t, v in replies.by_tag.items()}
-    for t, frames in got.items():
-        assert len(frames) <= count[t], f"tag {t}: {len(frames)} replies to {count[t]} request(s)"
-        for f in frames:
-            msg = M.decode(f)
+        got = {t: [M.decode(f) for f in v] for t, v in replies.by_tag.items()}
+    # The error reply is the dialect's: Rlerror, or Rerror once some Tversion negotiated 9P2000.u
+    # (a mid-session Tversion may switch dialect, so either is fine after that).
+    errors = {M.Rlerror.TYPE}
+    for msgs in got.values():
+        for msg in msgs:
             if isinstance(msg, M.Rversion):
                 msizes.add(msg.msize)
+                if msg.version == "9P2000.u":
+                    errors.add(M.Rerror.TYPE)
+    for t, msgs in got.items():
+        assert len(msgs) <= count[t], f"tag {t}: {len(msgs)} replies to {count[t]} request(s)"
+        for f, msg in zip(replies.by_tag[t], msgs):
             if t in by_type and by_type[t] >= 0:
-                assert msg.TYPE in (by_type[t] + 1, M.Rlerror.TYPE), f"tag {t}: {msg!r} answers type {by_type[t]}"
-            if isinstance(msg, M.Rlerror):
+                assert msg.TYPE == by_type[t] + 1 or msg.TYPE in errors, f"tag {t}: {msg!r} answers type {by_type[t]}"
+            if isinstance(msg, (M.Rlerror, M.Rerror)):
                 assert 0 < msg.ecode < 4096, f"tag {t}: errno {msg.ecode}"
+            if isinstance(msg, M.Rerror):
+                assert msg.ename and len(msg.ename.encode()) <= ENAME_MAX, f"tag {t}: ename {msg.ename!r}"
             assert len(f) <= max(msizes), f"tag {t}: reply of {len(f)} bytes above msize {max(msizes)}"
 
 
 def _check_outside_and_fds(w: _World) -> None:
     changed = w.box.changed_outside()
     assert not changed, f"changed outside the export: {changed}"
-    n = len(os.listdir("/proc/self/fd"))
+    fds = _open_fds()
     if w.fd_base is None:
-        w.fd_base = n
-    assert n <= w.fd_base + 16, f"fd count grew from {w.fd_base} to {n} across sessions"
+        w.fd_base = len(fds)
+    assert len(fds) <= w.fd_base + 16, f"fd count grew from {w.fd_base} to {len(fds)} across sessions: {fds}"
+
+
+def _open_fds() -> dict[int, str]:
+    """This process's open fds and what each is (a leak's message names it)."""
+    out = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # listdir's own fd, closed by now
+    return out
