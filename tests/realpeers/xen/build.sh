@@ -113,14 +113,17 @@ if [ ! -e "$R/.ready" ]; then
     touch "$R/.ready"
 fi
 say "rootfs ready (+$((SECONDS - T0))s)"
-WH=$X/wheels; mkdir -p "$WH"
+WH=$X/wheels-$SUITE; mkdir -p "$WH"
+PIPT="--only-binary=:all: --python-version $PYVER --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64"
 # shellcheck disable=SC2086
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version $PYVER \
-    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d "$WH" $WHEELS >&2 2>/dev/null \
+python3 -m pip download -q --no-deps $PIPT -d "$WH" $WHEELS >&2 2>/dev/null \
     || python3 -m pip download -q --no-deps -d "$WH" $WHEELS >&2
 rm -rf "$R/opt/xen9p-site"
-python3 -m pip install -q --no-deps --no-index --target "$R/opt/xen9p-site" "$WH"/*.whl >&2
-rm -rf "$R/lib/modules"; mkdir -p "$R/lib/modules"; cp -a "$K/lib/modules/$KV" "$R/lib/modules/"
+# For dom0's Python ($PYVER), which need not be the host's.
+# shellcheck disable=SC2086
+python3 -m pip install -q --no-deps --no-index $PIPT --target "$R/opt/xen9p-site" "$WH"/*.whl >&2
+KMODS=$K/lib/modules; [ -d "$KMODS/$KV" ] || KMODS=$K/usr/lib/modules  # merged /usr (trixie's packages)
+rm -rf "$R/lib/modules"; mkdir -p "$R/lib/modules"; cp -a "$KMODS/$KV" "$R/lib/modules/"
 ( cd "$R/lib/modules/$KV/kernel" && rm -rf sound drivers/gpu drivers/media drivers/infiniband drivers/iio \
     drivers/net/wireless drivers/net/ethernet drivers/staging drivers/usb drivers/bluetooth net/bluetooth \
     net/wireless net/mac80211 )
@@ -153,7 +156,11 @@ mkinitrd() {  # DIR INIT-FILE OUT MODULES...
     mkdir -p "$d"/{bin,proc,sys,dev,mnt,mods,tmp,newroot}
     cp /bin/busybox "$d/bin/busybox"
     for a in $(/bin/busybox --list); do [ -e "$d/bin/$a" ] || ln -s busybox "$d/bin/$a"; done
-    for f in $(modlist "$@"); do i=$((i + 1)); cp "$R$f" "$d/mods/$(printf %02d $i)-$(basename "$f")"; done
+    for f in $(modlist "$@"); do  # busybox insmod wants a plain ELF object (Debian 13's are .ko.xz)
+        i=$((i + 1))
+        case $f in *.xz) xz -dc "$R$f" > "$d/mods/$(printf %02d $i)-$(basename "$f" .xz)";;
+                   *) cp "$R$f" "$d/mods/$(printf %02d $i)-$(basename "$f")";; esac
+    done
     install -m 755 "$init" "$d/init"
     (cd "$d" && find . | cpio -o -H newc --quiet | gzip -1) > "$out"
 }
