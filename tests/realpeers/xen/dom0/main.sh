@@ -82,12 +82,12 @@ start_xen9pd() {  # KINDS NAME [XEN9PD ARGS...]
         --ready-timeout ${XEN9P_READY_TIMEOUT:-120} --heartbeat-timeout 90 --startsecs 5 \
         --worker-spin-us 0 "$@" >> $R/$name-xen9pd.log 2>&1 &
     XEN9PD=$!
-    local end; tick; end=$(( NOW + 180 ))
+    local end; tick; end=$(( NOW + 300 ))
     while tick; [ "$NOW" -lt $end ]; do
-        timeout 5 $XCTL --timeout 10 ping > /dev/null 2>&1 && { log "xen9pd up (pid $XEN9PD, kinds $kinds)"; return 0; }
+        timeout 60 $XCTL --timeout 30 ping > /dev/null 2>&1 && { log "xen9pd up (pid $XEN9PD, kinds $kinds)"; return 0; }
         kill -0 $XEN9PD 2>/dev/null || break; sleep 0.5
     done
-    log "xen9pd did not answer ping: $(tail -3 $R/$name-xen9pd.log | tr '\n' ' ')"; check "$name:xen9pd-start" FAIL "no ping in 180s"
+    log "xen9pd did not answer ping: $(tail -3 $R/$name-xen9pd.log | tr '\n' ' ')"; check "$name:xen9pd-start" FAIL "no ping in 300s"
     return 1
 }
 stop_xen9pd() {  # [SIGNAL]: TERM by default; INT always closes every device (whatever on_sigterm says)

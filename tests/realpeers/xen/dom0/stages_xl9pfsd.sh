@@ -54,7 +54,7 @@ xl_devices_hook() {  # NAME DOMID
 # guest creates its 1,000 files; the workers must be the same before and after, the guest must see
 # no error (its own checks), and the new xen9pd must hold the node.
 restart_watch() {  # NAME DOMID
-    local N=$1 f=/var/log/xen/console/guest-$1.log before after t0 end
+    local N=$1 f=/var/log/xen/console/guest-$1.log before after t0 rc
     until_true 900 grep -qE "P9T progress xa create 250|P9T DONE" $f
     grep -q "P9T progress xa create 250" $f || { check restart:reached-workload FAIL "the guest never reached create 250"; return; }
     before=$(workers); t0=$(up)
@@ -64,8 +64,9 @@ restart_watch() {  # NAME DOMID
     after=$(workers)
     [ -n "$before" ] && [ "$after" = "$before" ] && check restart:workers-kept-serving PASS "[$after]" \
         || check restart:workers-kept-serving FAIL "before [$before] after exit [$after]"
-    start_xen9pd xen_9pfs $N --on-sigterm keep-serving || return
-    echo $XEN9PD > /tmp/xen9pd.pid
+    start_xen9pd xen_9pfs $N --on-sigterm keep-serving; rc=$?
+    echo $XEN9PD > /tmp/xen9pd.pid  # the stage stops this one, answering or not
+    [ $rc = 0 ] || return
     timing restart_daemon_away_s $(since $t0)
     after=$(workers)
     [ "$after" = "$before" ] && check restart:adopted PASS "same workers [$after]; daemon away $(since $t0)s" \
