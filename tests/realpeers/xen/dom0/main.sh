@@ -58,27 +58,44 @@ stage_platform() {
     timing xenstore_exercise_s $(since $t0)
 }
 
+# xen9p as an operator has it: installed from the project's .deb (run.sh builds it with
+# `./xen9p-dev deb` into results/deb), run as /usr/bin/xen9pd on Debian's python3 packages;
+# PYTHONPATH (the checkout, for the platform stage) is dropped so nothing shadows the package.
+XEN9PD_BIN="env -u PYTHONPATH /usr/bin/xen9pd"; XCTL="env -u PYTHONPATH /usr/bin/xen9pctl"
+install_xen9p() {
+    local deb t0=$(up)
+    deb=$(ls /results/deb/xen9p_*_all.deb 2>/dev/null | head -1)
+    [ -n "$deb" ] || { check install:deb FAIL "no results/deb/xen9p_*_all.deb (run.sh builds it)"; return 1; }
+    if dpkg -i "$deb" > $R/dpkg-install.log 2>&1 && dpkg -s xen9p 2>/dev/null | grep -q '^Status: install ok installed'; then
+        check install:deb PASS "$(basename $deb) in $(since $t0)s: $(dpkg-query -W -f '${Version}' xen9p), $(ls /usr/bin/xen9p* | tr '\n' ' ')"
+    else
+        check install:deb FAIL "dpkg -i rc=$?: $(tail -2 $R/dpkg-install.log | tr '\n' ' ')"; return 1
+    fi
+    timing install_deb_s $(since $t0)
+}
+
 XEN9PD=""
-start_xen9pd() {  # KINDS NAME
+start_xen9pd() {  # KINDS NAME [XEN9PD ARGS...]
+    local kinds=$1 name=$2; shift 2
     mkdir -p /run/xen9p
-    python3 -m xen9p_supervisor.xen9pd --platform xen --kinds "$1" --log-level debug \
+    $XEN9PD_BIN --platform xen --kinds "$kinds" --log-level debug \
         --ready-timeout ${XEN9P_READY_TIMEOUT:-120} --heartbeat-timeout 90 --startsecs 5 \
-        --worker-spin-us 0 > $R/$2-xen9pd.log 2>&1 &
+        --worker-spin-us 0 "$@" >> $R/$name-xen9pd.log 2>&1 &
     XEN9PD=$!
-    local end; tick; end=$(( NOW + 180 ))
+    local end; tick; end=$(( NOW + 300 ))
     while tick; [ "$NOW" -lt $end ]; do
-        timeout 5 python3 -m xen9p_supervisor.xen9pctl --timeout 10 ping > /dev/null 2>&1 && { log "xen9pd up (pid $XEN9PD, kinds $1)"; return 0; }
+        timeout 60 $XCTL --timeout 30 ping > /dev/null 2>&1 && { log "xen9pd up (pid $XEN9PD, kinds $kinds)"; return 0; }
         kill -0 $XEN9PD 2>/dev/null || break; sleep 0.5
     done
-    log "xen9pd did not answer ping: $(tail -3 $R/$2-xen9pd.log | tr '\n' ' ')"; check "$2:xen9pd-start" FAIL "no ping in 180s"
+    log "xen9pd did not answer ping: $(tail -3 $R/$name-xen9pd.log | tr '\n' ' ')"; check "$name:xen9pd-start" FAIL "no ping in 300s"
     return 1
 }
-stop_xen9pd() {
+stop_xen9pd() {  # [SIGNAL]: TERM by default; INT always closes every device (whatever on_sigterm says)
     [ -n "$XEN9PD" ] || return 0
-    kill -TERM $XEN9PD 2>/dev/null
+    kill -${1:-TERM} $XEN9PD 2>/dev/null
     local end; tick; end=$(( NOW + 30 ))
     while kill -0 $XEN9PD 2>/dev/null && tick && [ "$NOW" -lt $end ]; do sleep 0.3; done
-    kill -0 $XEN9PD 2>/dev/null && { check xen9pd:stop FAIL "still alive 30s after SIGTERM"; kill -KILL $XEN9PD; }
+    kill -0 $XEN9PD 2>/dev/null && { check xen9pd:stop FAIL "still alive 30s after SIG${1:-TERM}"; kill -KILL $XEN9PD; }
     wait $XEN9PD 2>/dev/null; log "xen9pd stopped rc=$?"; XEN9PD=""
 }
 
@@ -105,7 +122,7 @@ post_mortem() {  # NAME DOMID ATTACH...
     timeout 20 xl sysrq $id 9; timeout 20 xl sysrq $id w; sleep 10  # loglevel 9 first: the task dump prints at KERN_INFO
     # Every xen9p process: its threads' kernel state, and its Python stacks (SIGUSR1 dumps them
     # into xen9pd's log without stopping anything).
-    for pid in $(pgrep -f 'xen9p_worker|xen9p_supervisor.xen9pd'); do
+    for pid in $(pgrep -f 'xen9p_worker|bin/xen9pd'); do
         { echo "== pid $pid: $(tr '\0' ' ' < /proc/$pid/cmdline | cut -c1-160)"
           for t in /proc/$pid/task/*; do echo "-- $t $(cut -d' ' -f2,3 $t/stat) wchan=$(cat $t/wchan)"; cat $t/stack; done
         } >> $R/$N-procs-stuck.txt 2>&1
@@ -117,7 +134,7 @@ post_mortem() {  # NAME DOMID ATTACH...
     timeout 60 python3 $H/dom0/ring_peek.py $devs > $R/$N-rings-stuck.txt 2>&1
     xenstore-ls -f > $R/$N-xenstore-stuck.txt 2>&1
     for q in status rings metrics; do
-        timeout 90 python3 -m xen9p_supervisor.xen9pctl --timeout 30 --json $q > $R/$N-xen9pctl-$q-stuck.json 2>&1
+        timeout 90 $XCTL --timeout 30 --json $q > $R/$N-xen9pctl-$q-stuck.json 2>&1
     done
     log "post-mortem of $N: $(grep -c 'queued [1-9]' $R/$N-rings-stuck.txt) ring half(s) with queued data"
     cat $R/$N-rings-stuck.txt
@@ -127,32 +144,41 @@ wait_gone() { local end; tick; end=$(( NOW + $2 )); while xl domid $1 >/dev/null
 segfaults() { dmesg | grep -E 'segfault at|general protection|traps:' > $R/dom0-segfaults.txt; }
 
 # run_domu NAME TAGS P9LINE ATTACH...   ATTACH = kind:devid:tag:path (written by xen9pctl attach)
+# Stage knobs (reset after each domU): DOMU_ARGS = more domU kernel args; DOMU_HOOK = a command run
+# with NAME DOMID while the domU is paused; DOMU_WATCH = one run with NAME DOMID beside the workload
+# (in the background); DESTROY_AT_DONE=1 = `xl destroy` as soon as the workload reports P9T DONE.
+# PEER=1: the domU is served by a peer (xen-9pfsd): the guest's FAILs are recorded as PEERFAIL, the
+# peer's, which the summary lists apart and which do not fail the run. LAST_DOMID: the last domU's id.
+DOMU_ARGS=""; DOMU_HOOK=""; DOMU_WATCH=""; DESTROY_AT_DONE=""; PEER=""; LAST_DOMID=""
 run_domu() {
     local N=$1 TAGS=$2 P9=$3 spec t0 t1 id rc; shift 3
     log "== domU $N tags=$TAGS p9=[${P9:-none}] attach=[$*]"
     { echo "name = \"$N\""; echo 'type = "pv"'; echo "kernel = \"$DOMU_KERNEL\""
-      echo "ramdisk = \"$DOMU_INITRD\""; echo "extra = \"console=hvc0 loglevel=4 p9tag=$TAGS $DOMU_EXTRA\""
+      echo "ramdisk = \"$DOMU_INITRD\""; echo "extra = \"console=hvc0 loglevel=4 p9tag=$TAGS $DOMU_ARGS $DOMU_EXTRA\""
       echo 'memory = 384'; echo 'vcpus = 1'; echo 'on_poweroff = "destroy"'; echo 'on_crash = "destroy"'
       [ -n "$P9" ] && echo "p9 = [ $P9 ]"; } > $R/$N.cfg
     t0=$(up)
     timeout 120 xl create -p $R/$N.cfg > $R/$N-xl-create.log 2>&1; rc=$?
     id=$(xl domid $N 2>/dev/null)
     timing ${N}_xl_create_s $(since $t0); log "xl create -p rc=$rc domid=$id in $(since $t0)s"
-    [ -n "$id" ] || { check $N:create FAIL "xl create rc=$rc"; return; }
+    [ -n "$id" ] || { check $N:create FAIL "xl create rc=$rc: $(tail -2 $R/$N-xl-create.log | tr '\n' ' ')"; return; }
+    LAST_DOMID=$id
     for spec in "$@"; do
         IFS=: read -r kind devid tag path <<EOS
 $spec
 EOS
         mkdir -p $path; echo "hello $tag" > $path/hello.txt
-        if timeout 30 python3 -m xen9p_supervisor.xen9pctl --timeout 30 attach --domid $id --devid $devid --kind $kind \
+        if timeout 30 $XCTL --timeout 30 attach --domid $id --devid $devid --kind $kind \
                 --path $path --tag $tag --security-model none > $R/$N-attach-$devid.log 2>&1; then
             check $N:attach-$kind PASS "dev$devid tag=$tag"
         else
             check $N:attach-$kind FAIL "$(tail -1 $R/$N-attach-$devid.log)"
         fi
     done
+    [ -n "$DOMU_HOOK" ] && $DOMU_HOOK $N $id
     xenstore-ls -f > $R/$N-xenstore-paused.txt 2>&1
     t1=$(up); timeout 60 xl unpause $N; log "xl unpause rc=$?"
+    local wpid=""; [ -n "$DOMU_WATCH" ] && { $DOMU_WATCH $N $id & wpid=$!; }
     # The workload runs once per tag: the budget is per tag (TCG on a loaded host; about 10 min seen).
     local budget=$(( ${XEN9P_TAG_BUDGET:-1500} * $(echo $TAGS | tr , ' ' | wc -w) ))
     wait_domu $N $budget ${XEN9P_DOMU_STALL:-600}; rc=$?
@@ -163,14 +189,20 @@ EOS
     esac
     [ $rc = 0 ] || post_mortem $N $id "$@"
     timing ${N}_run_s $(since $t1)
-    [ -n "$XEN9PD" ] && timeout 30 python3 -m xen9p_supervisor.xen9pctl --timeout 30 --json status > $R/$N-xen9pctl-status.json 2>&1
+    [ -n "$wpid" ] && wait $wpid
+    if [ "$DESTROY_AT_DONE" = 1 ]; then
+        local td=$(up); timeout 60 xl destroy $N > $R/$N-xl-destroy.log 2>&1; rc=$?
+        check $N:xl-destroy $([ $rc = 0 ] && echo PASS || echo FAIL) "rc=$rc in $(since $td)s"
+    fi
+    [ -n "$XEN9PD" ] && timeout 30 $XCTL --timeout 30 --json status > $R/$N-xen9pctl-status.json 2>&1
     wait_gone $N 60; xl destroy $N 2>/dev/null
     timing ${N}_total_s $(since $t0)
     cp /var/log/xen/console/guest-$N.log $R/$N-console.log 2>/dev/null
     cp /var/log/xen/qemu-dm-$N.log $R/$N-qemu-dm.log 2>/dev/null
     xenstore-ls -f > $R/$N-xenstore-after.txt 2>&1
     # The domU's verdicts, and dom0's own look at what the guest left behind.
-    tr -d '\r' < $R/$N-console.log | grep -E '^CHECK (PASS|FAIL) ' | while read -r _ v name rest; do check "$N:$name" $v "$rest"; done
+    tr -d '\r' < $R/$N-console.log | grep -E '^CHECK (PASS|FAIL) ' | while read -r _ v name rest; do
+        [ "$PEER" = 1 ] && [ $v = FAIL ] && v=PEERFAIL; check "$N:$name" $v "$rest"; done
     tr -d '\r' < $R/$N-console.log | grep -E '^TIME ' | while read -r _ k v; do timing "${N}_$k" "$v"; done
     for spec in "$@"; do
         IFS=: read -r kind devid tag path <<EOS
@@ -182,6 +214,7 @@ EOS
         [ -n "$want" ] && [ "$want" = "$got" ] && check $N:$tag:dom0-sees-data PASS "md5 $got" \
             || check $N:$tag:dom0-sees-data FAIL "guest md5=$want dom0 md5=$got"
     done
+    DOMU_ARGS=""; DOMU_HOOK=""; DOMU_WATCH=""; DESTROY_AT_DONE=""; PEER=""
 }
 
 stage_qemu_xen9p() {  # one domU: a QEMU-served tag and an xen9p-served xen_9pfs tag, same workload on each
@@ -209,6 +242,8 @@ stage_xen9p_only() {  # the reduced CI case: one domU, one kind
     stop_xen9pd
 }
 
+. $H/dom0/stages_xl9pfsd.sh
+install_xen9p
 for c in $CASES; do
     t=$(up); log "=== stage $c"; stage_$c; timing stage_${c}_s $(since $t)
 done

@@ -1,6 +1,8 @@
 #!/bin/sh
 # The domU's verified workload, run by the domU init for each tag in p9tag=a,b on the kernel
 # command line: mount -t 9p -o trans=xen, checks as 'CHECK PASS|FAIL tag:name detail', timings as 'TIME k s'.
+# Per tag (kernel args): p9v_TAG=9p2000.u (protocol, default 9p2000.L), p9s_TAG=steps (default p9steps=),
+# p9lim_TAG=FILES:SPACE_MIB:OPEN:AUTODELETE (the limits the toolstack set, for the `limits` step).
 export PATH=/bin:/usr/bin
 echo 1 > /proc/sys/kernel/sysrq 2>/dev/null  # dom0's post-mortem asks for blocked tasks (xl sysrq w)
 up() { cut -d' ' -f1 /proc/uptime; }
@@ -11,9 +13,11 @@ bad() { echo "CHECK FAIL $T:$1 $2"; FAIL=$((FAIL+1)); }
 is() { [ "$2" = "$3" ] && ok "$1" "$2" || bad "$1" "want [$3] got [$2]"; }
 TAGS=share; FIO_S=15; STEPS=basic,many,fio
 for a in $(cat /proc/cmdline); do
-    case $a in p9tag=*) TAGS=${a#p9tag=};; p9fio=*) FIO_S=${a#p9fio=};; p9steps=*) STEPS=${a#p9steps=};; esac
+    case $a in p9tag=*) TAGS=${a#p9tag=};; p9fio=*) FIO_S=${a#p9fio=};; p9steps=*) STEPS=${a#p9steps=};;
+    p9v_*=*|p9s_*=*|p9lim_*=*) k=${a%%=*}; eval "$k='${a#*=}'";; esac
 done
-step() { case ",$STEPS," in *,$1,*) echo "P9T STEP $T $1 uptime=$(up)"; return 0;; esac; return 1; }
+tagvar() { eval "echo \${$1_$2:-$3}"; }  # tagvar p9v TAG DEFAULT
+step() { case ",$(tagvar p9s $T $STEPS)," in *,$1,*) echo "P9T STEP $T $1 uptime=$(up)"; return 0;; esac; return 1; }
 TAGS=$(echo $TAGS | tr , ' '); NT=$(echo $TAGS | wc -w)
 
 # Every 9pfs device Connected before mounting (wall-clock bound).
@@ -30,10 +34,11 @@ dd if=/dev/urandom of=/tmp/src.bin bs=64k count=64 2>/dev/null
 SRC_SUM=$(md5sum /tmp/src.bin | cut -d' ' -f1)
 
 workload() {  # TAG MOUNTPOINT
-    T=$1; M=$2; local t0 t
+    T=$1; M=$2; local t0 t V
+    V=$(tagvar p9v $T 9p2000.L)
     mkdir -p $M
     t0=$(up)
-    if ! timeout 60 mount -t 9p -o trans=xen,version=9p2000.L $T $M; then
+    if ! timeout 60 mount -t 9p -o trans=xen,version=$V $T $M; then
         bad mount "rc=$? $(dmesg | tail -3 | tr '\n' ' ')"; return
     fi
     ok mount "$(grep " $M " /proc/mounts | cut -d' ' -f4)"
@@ -43,6 +48,7 @@ workload() {  # TAG MOUNTPOINT
     step basic && basic
     step many && many
     step fio && fio_jobs
+    step limits && limits
     echo "TIME ${T}_workload_s $(el $t0)"
     umount $M && ok umount "" || bad umount "rc=$?"
 }
@@ -105,5 +111,49 @@ fio_jobs() {  # sequential and random, verified, bounded in time (TCG is slow)
     rm -f $M/seq[wr].* $M/rand[wr].*
 }
 
+limits() {  # the toolstack's max-files/max-space/max-open-files/auto-delete (p9lim_TAG), seen from the guest
+    local L F S O A n i opened pids
+    L=$(tagvar p9lim $T ""); [ -n "$L" ] || { bad limits "no p9lim_$T on the command line"; return; }
+    IFS=: read -r F S O A <<EOL
+$L
+EOL
+    echo "P9T limits $T files=$F space=${S}MiB open=$O auto-delete=$A"
+    # max-open-files: 7 holders, each a subshell that opens one file and keeps it open (a failed
+    # redirection ends only that subshell); each outcome is waited for before the next open.
+    i=1; while [ $i -le 7 ]; do echo $i > $M/o$i; i=$((i+1)); done
+    opened=0; pids=""; rm -f /tmp/op*
+    for i in 1 2 3 4 5 6 7; do
+        ( exec 0< $M/o$i; echo > /tmp/op$i; exec sleep 600 ) 2>/dev/null & pids="$pids $!"
+        while [ ! -e /tmp/op$i ] && kill -0 $! 2>/dev/null; do sleep 0.1; done
+        [ -e /tmp/op$i ] && opened=$((opened+1))
+    done
+    kill $pids 2>/dev/null; wait 2>/dev/null
+    [ $opened -le $O ] && [ $opened -lt 7 ] && ok max-open-files "$opened of 7 opens allowed (limit $O)" \
+        || bad max-open-files "$opened of 7 opens allowed (limit $O)"
+    rm -f $M/o[1-7]
+    # max-files: create F+5 names; without auto-delete the extra ones fail, with it the oldest go.
+    n=0; i=1
+    while [ $i -le $((F + 5)) ]; do echo $i > $M/lf$i 2>/dev/null && n=$((n+1)); i=$((i+1)); done
+    local have=$(ls -A $M | wc -l)
+    if [ "$A" = 1 ]; then
+        [ $n = $((F + 5)) ] && [ $have -le $F ] && [ ! -e $M/lf1 ] && [ "$(cat $M/lf$((F + 5)))" = $((F + 5)) ] \
+            && ok max-files-auto-delete "all $n created, $have names left, the oldest gone" \
+            || bad max-files-auto-delete "created $n of $((F + 5)), $have names left (limit $F), lf1 $([ -e $M/lf1 ] && echo kept || echo gone)"
+    else
+        [ $n -lt $((F + 5)) ] && [ $have -le $F ] && ok max-files "$n created, $have names (limit $F)" \
+            || bad max-files "$n of $((F + 5)) created, $have names (limit $F)"
+    fi
+    rm -f $M/lf*
+    # max-space: a file one MiB over the limit cannot be written whole.
+    if dd if=/dev/zero of=$M/space.bin bs=64k count=$(( (S + 1) * 16 )) 2>/tmp/dd.err && sync; then
+        bad max-space "wrote $(( S + 1 )) MiB (limit $S MiB): $(stat -c %s $M/space.bin) bytes"
+    else
+        ok max-space "$(stat -c %s $M/space.bin 2>/dev/null) bytes written before: $(tail -1 /tmp/dd.err)"
+    fi
+    rm -f $M/space.bin
+}
+
 for TAG in $TAGS; do workload $TAG /mnt/$TAG; done
 echo "P9T DONE pass=$PASS fail=$FAIL"
+# p9hold: stay up (dom0 destroys the domain with its devices still connected: `xl destroy`'s path).
+grep -qw p9hold /proc/cmdline && exec sleep 1000000
