@@ -104,10 +104,20 @@ def path_entry(s, fid: int, kinds=(FID_PATH,)) -> FidEntry:
     return e
 
 
-def iounit(s) -> int:
-    bs = s.backend.blksize
+def iounit(s, blksize: int = 0) -> int:
+    """The largest multiple of `blksize` (default: the export's) that fits one Tread/Twrite.
+
+    Also what Rgetattr reports as st_blksize (as QEMU does): Linux copies it into stat(), and
+    stdio and cp size their buffers from it, so guest programs issue whole-msize requests.
+    """
+    bs = blksize or s.backend.blksize
     n = (s.msize - M.IOHDRSZ) // bs * bs
     return n or s.msize - M.IOHDRSZ
+
+
+def statfs_scale(s, f_bsize: int) -> int:
+    """How many host blocks make one Rstatfs block: the iounit's worth (QEMU scales the same way)."""
+    return max(1, (s.msize - M.IOHDRSZ) // f_bsize) if f_bsize > 0 else 1
 
 
 def clunk_all(s) -> None:

@@ -16,7 +16,7 @@ from xen9p_common.p9 import messages as M
 from xen9p_common.p9 import constants as C
 
 from .fdcache import ROLE_PATH
-from .fidfds import any_slot, clunk_all, drop_fds, fs, path_entry, path_slot, release  # noqa: F401
+from .fidfds import any_slot, clunk_all, drop_fds, fs, iounit, path_entry, path_slot, release, statfs_scale  # noqa: F401
 from .fids import FID_PATH, FID_XATTR_READ, FID_XATTR_WRITE, FidEntry
 from .handlers_create import t_create
 from .handlers_io import t_fsync, t_lcreate, t_lopen, t_read, t_readdir, t_write
@@ -166,7 +166,7 @@ def t_getattr(s, m, req):
     q = s.backend.qid(st, mode)
     # Packed by hand: the hottest reply of all (the generic encoder costs ~10 us here).
     return _RGETATTR.pack(_RGETATTR.size, M.Rgetattr.TYPE, m.tag, C.GETATTR_BASIC, q[0], q[1], q[2],
-                          mode, uid, gid, st.st_nlink, rdev, st.st_size, st.st_blksize, st.st_blocks,
+                          mode, uid, gid, st.st_nlink, rdev, st.st_size, iounit(s, st.st_blksize), st.st_blocks,
                           int(st.st_atime), st.st_atime_ns % 1_000_000_000,
                           int(st.st_mtime), st.st_mtime_ns % 1_000_000_000,
                           int(st.st_ctime), st.st_ctime_ns % 1_000_000_000, 0, 0, 0, 0)
@@ -190,8 +190,9 @@ def t_statfs(s, m, req):
         v = os.fstatvfs(slot.fd)
     finally:
         s.fds.release(slot)
-    return M.Rstatfs(m.tag, V9FS_MAGIC, v.f_bsize, v.f_blocks, v.f_bfree, v.f_bavail, v.f_files,
-                     v.f_ffree, 0, v.f_namemax)
+    k = statfs_scale(s, v.f_bsize)
+    return M.Rstatfs(m.tag, V9FS_MAGIC, v.f_bsize * k, v.f_blocks // k, v.f_bfree // k, v.f_bavail // k,
+                     v.f_files, v.f_ffree, 0, v.f_namemax)
 
 
 def t_readlink(s, m, req):
@@ -216,6 +217,13 @@ TABLE = {
 # QEMU's core serves it in any dialect. Tremove is in both dialects anyway.
 TABLE[M.Tcreate] = t_create
 
-# Served on the caller's thread: metadata-only calls that do not wait on disk I/O.
+# Served on the caller's thread: metadata calls that do not wait on disk I/O (the namespace
+# changes are journal updates, like Twalk's lookups and Tclunk's close). Moving one request to
+# the pool costs more than these calls themselves: a queue hop, a thread wakeup, a GIL handoff
+# and a loop wakeup for the reply (bench/cost.py: 5 such hops made a file's create+write+unlink
+# 3-4x diod's CPU). Data (Tread beyond the page cache, Twrite, Tfsync, Treaddir), Tsetattr (a
+# truncate frees blocks) and Tlopen (O_TRUNC) stay on the pool.
 INLINE = frozenset({M.Tversion, M.Tauth, M.Tattach, M.Twalk, M.Tclunk, M.Tgetattr, M.Tstatfs,
-                    M.Treadlink, M.Txattrwalk, M.Txattrcreate, M.Tlock, M.Tgetlock, M.Tstat})
+                    M.Treadlink, M.Txattrwalk, M.Txattrcreate, M.Tlock, M.Tgetlock, M.Tstat,
+                    M.Tlcreate, M.Tmkdir, M.Tsymlink, M.Tlink, M.Tmknod, M.Trename, M.Trenameat,
+                    M.Tunlinkat, M.Tremove})

@@ -395,3 +395,22 @@ def test_iounit_and_qid_version_follow_qemu(env):
         msize = env.client.msize
         assert f.iounit == (msize - 24) // a.blksize * a.blksize
         assert f.qid.version == (a.mtime_sec ^ (a.size << 8)) & 0xFFFFFFFF
+
+
+@pytest.mark.xen9p_only(reason="QEMU's block-size rule (st_blksize = iounit); diod reports the host's")
+def test_blksize_is_the_iounit_and_statfs_blocks_scale_with_it(env):
+    """Linux copies Rgetattr's blksize into stat(): cp and stdio then move whole iounits, not 4 KiB."""
+    (env.host / "big").write_bytes(b"z" * 100_000)
+    host = os.stat(env.host / "big")
+    vfs = os.statvfs(env.host)
+    payload = env.client.msize - 24
+    with env.root.open_path("big") as f:
+        a = f.getattr(c.GETATTR_ALL)
+        assert a.blksize == payload // host.st_blksize * host.st_blksize == f.iounit
+        assert a.blksize > host.st_blksize  # larger than the host's: the point of the rule
+        assert a.blocks == host.st_blocks   # st_blocks stays in 512-byte units
+        sf = f.statfs()
+    k = payload // vfs.f_bsize
+    assert (sf.bsize, sf.blocks) == (vfs.f_bsize * k, vfs.f_blocks // k)
+    # Bytes stay (almost) the same: only the block unit changed.
+    assert abs(sf.bsize * sf.blocks - vfs.f_bsize * vfs.f_blocks) < sf.bsize

@@ -168,6 +168,9 @@ class ShmFidTable(FidTable):
         _SLOT_HDR.pack_into(buf, off, seq, fid, 1, entry.kind, 0, blob + 1, 0, entry.generation,
                             len(path), 0, len(pick))
         _U64.pack_into(buf, off, seq + 1)
+        # The writer's own later reads of this fid (the clunk after a walk, the write after a
+        # create) need not decode what it just encoded: cached under the slot's new sequence.
+        self._cache[fid] = (idx, seq + 1, entry)
 
     def _blob_of(self, idx: int) -> int:
         # Stored as blob + 1 so a never-touched (zero) slot has none.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import mmap
 import os
@@ -57,6 +58,7 @@ def ports_path(sim_dir: str, domid: int) -> str:
     return os.path.join(evtchn_dir(sim_dir), f"dom{domid}.ports")
 
 
+@functools.lru_cache(maxsize=256)  # formatted on every notify otherwise
 def _doorbell_name(sim_key: str, pid: int, nonce: int) -> bytes:
     # Abstract socket: no path-length limit, and the name vanishes when its owner dies,
     # which is how a crashed handle's ports are found and reclaimed.
