@@ -67,14 +67,15 @@ def layer_of(path: str) -> str:
 
 
 def charge(stacks: Counter) -> tuple[Counter, Counter]:
-    """(samples per layer, samples per innermost line) — each sample to its innermost frame."""
-    layers, lines = Counter(), Counter()
+    """Samples per layer, per innermost line and per innermost function (each sample to its innermost frame)."""
+    layers, lines, funcs = Counter(), Counter(), Counter()
     for stack, n in stacks.items():
         fn, path, line = stack[-1]
         layers[layer_of(path)] += n
         short = path.split("site-packages/")[-1].split("/main/")[-1]
         lines[f"{short}:{line} {fn}"] += n
-    return layers, lines
+        funcs[f"{short} {fn}"] += n
+    return layers, lines, funcs
 
 
 @dataclass
@@ -88,7 +89,8 @@ class Figure:
     sys_us: float = 0.0
     syscalls_per_op: dict = field(default_factory=dict)
     layers_us: dict = field(default_factory=dict)
-    top_lines: list = field(default_factory=list)
+    top_lines: list = field(default_factory=list)   # (file:line function, % of samples)
+    top_funcs: list = field(default_factory=list)   # (file function, user µs/op)
     note: str = ""
 
 
@@ -186,11 +188,12 @@ def measure(t: Target, fx: dict, name: str, depth: int, duration: float, work: P
             fig.note += why
         else:
             _, _, stacks = _go(t, op, depth, params, duration, lambda: PySpy(t.pids, work))
-            layers, lines = charge(stacks)
+            layers, lines, funcs = charge(stacks)
             total = sum(layers.values())
             if total:
                 fig.layers_us = {k: round(v / total * fig.user_us, 2) for k, v in layers.most_common()}
-                fig.top_lines = [(k, round(v / total * 100, 1)) for k, v in lines.most_common(12)]
+                fig.top_lines = [(k, round(v / total * 100, 1)) for k, v in lines.most_common(25)]
+                fig.top_funcs = [(k, round(v / total * fig.user_us, 2)) for k, v in funcs.most_common(25)]
     return fig
 
 
@@ -207,7 +210,7 @@ def render(figs: list[Figure]) -> str:
             out.append("syscalls/op: " + ", ".join(f"{k} {v:g}" for k, v in f.syscalls_per_op.items()))
         if f.layers_us:
             out.append("user µs/op by layer: " + ", ".join(f"{k} {v:g}" for k, v in f.layers_us.items()))
-            out.append("hottest lines (% of samples): " + "; ".join(f"{k} {v}" for k, v in f.top_lines[:8]))
+            out.append("hottest functions (user µs/op): " + "; ".join(f"{k} {v:g}" for k, v in f.top_funcs[:10]))
     return "\n".join(out) + "\n"
 
 

@@ -11,6 +11,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,8 +28,14 @@ def strace_missing() -> str | None:
     return None if shutil.which("strace") else "strace is not installed (apt-get install strace)"
 
 
+def pyspy_path() -> str | None:
+    """py-spy on PATH, or beside this interpreter (a venv's bin/, not always on PATH)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return shutil.which("py-spy") or (beside if os.access(beside, os.X_OK) else None)
+
+
 def pyspy_missing() -> str | None:
-    return None if shutil.which("py-spy") else "py-spy is not installed (pip install '.[bench]')"
+    return None if pyspy_path() else "py-spy is not installed (pip install '.[bench]')"
 
 
 def _tids(pid: int) -> list[int]:
@@ -119,7 +126,8 @@ class PySpy:
 
     def __init__(self, pids: list[int], out_dir: Path, rate: int = 1000) -> None:
         self.outs = [out_dir / f"pyspy-{pid}.txt" for pid in pids]
-        self.procs = [subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", str(rate),
+        exe = pyspy_path()
+        self.procs = [subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", str(rate),
                                         "--format", "raw", "--nonblocking", "--gil", "-o", str(out)],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT)

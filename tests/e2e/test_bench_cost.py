@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 def test_cost_profile_of_getattr_on_the_ring_and_the_socket(tmp_path):
     if not shutil.which("strace"):
         pytest.skip("strace is not installed (apt-get install strace)")
-    if not shutil.which("py-spy"):
-        pytest.skip("py-spy is not installed (pip install .[bench])")
+    from bench.probes import pyspy_missing
+    why = pyspy_missing()
+    if why:
+        pytest.skip(why)
     out = tmp_path / "results"
     r = subprocess.run([sys.executable, "-m", "bench.cost", "--ops", "getattr", "--targets", "ring,xen9p",
                         "--loads", "1x1", "--duration", "0.5", "--entries", "10", "--out", str(out)],
