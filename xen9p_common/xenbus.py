@@ -36,7 +36,7 @@ def parse_state(value: str | bytes | None) -> XenbusState | None:
     return XenbusState(n) if n <= XenbusState.Reconfigured else None
 
 
-class DeviceState(enum.StrEnum):
+class DevicePhase(enum.StrEnum):
     """Where our side of one (domid, devid) device is."""
 
     NEW = "new"                # discovered, nothing written yet
@@ -95,7 +95,7 @@ class Action(enum.StrEnum):
 # - Xenstore writes are skipped when the backend dir is gone, so rows reached by
 #   BACKEND_GONE / DOMAIN_RELEASED never write (a write would recreate the dir).
 
-S, E, A = DeviceState, Event, Action
+S, E, A = DevicePhase, Event, Action
 
 _ADVERTISE = (A.WRITE_FEATURES, A.SET_STATE_INITWAIT)
 _START = (A.VALIDATE_FRONTEND, A.CREATE_DEVICE_STATE, A.SPAWN_WORKERS)
@@ -106,7 +106,7 @@ _VANISH = (A.STOP_WORKERS, A.FREE_DEVICE_STATE, A.FORGET_DEVICE)
 
 _LIVE = (S.NEW, S.ADVERTISED, S.CONNECTING, S.CONNECTED, S.CLOSING, S.CLOSED, S.FAILED, S.DETACHED)
 
-_ROWS: list[tuple[DeviceState, Event, DeviceState, tuple[Action, ...]]] = [
+_ROWS: list[tuple[DevicePhase, Event, DevicePhase, tuple[Action, ...]]] = [
     # Attach: advertise features, then wait for the frontend.
     (S.NEW, E.ATTACHED, S.ADVERTISED, (A.VALIDATE_CONFIG,) + _ADVERTISE),
     (S.NEW, E.FAILURE, S.FAILED, (A.REPORT_FAILURE, A.SET_STATE_CLOSED)),
@@ -161,7 +161,7 @@ _ROWS += [(s, E.BACKEND_OFFLINE, S.DETACHED, (A.SET_STATE_CLOSED,)) for s in (S.
 # The backend dir vanished or the domain died: release everything, write nothing.
 _ROWS += [(s, e, S.GONE, _VANISH) for s in _LIVE for e in (E.BACKEND_GONE, E.DOMAIN_RELEASED)]
 
-TABLE: dict[tuple[DeviceState, Event], tuple[DeviceState, tuple[Action, ...]]] = {}
+TABLE: dict[tuple[DevicePhase, Event], tuple[DevicePhase, tuple[Action, ...]]] = {}
 for _s, _e, _n, _a in _ROWS:
     if (_s, _e) in TABLE:
         raise AssertionError(f"duplicate transition {_s} + {_e}")
@@ -171,7 +171,7 @@ del _s, _e, _n, _a, _ROWS
 _NO_ACTIONS: tuple[Action, ...] = ()
 
 
-def transition(state: DeviceState, event: Event) -> tuple[DeviceState, tuple[Action, ...]]:
+def transition(state: DevicePhase, event: Event) -> tuple[DevicePhase, tuple[Action, ...]]:
     """Next state and the actions to perform; unlisted (state, event) pairs change nothing."""
     try:
         return TABLE[(state, event)]

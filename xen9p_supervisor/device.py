@@ -14,12 +14,12 @@ from xen9p_common.control import RingSpec, ring_name
 from xen9p_common.errors import Xen9pError, XenStoreError
 from xen9p_common.models import SECURITY_MODELS
 from xen9p_common.platform import Transaction, XenStore
-from xen9p_common.xenbus import (Action, DeviceState, Event, XenbusState, backend_event, frontend_event,
+from xen9p_common.xenbus import (Action, DevicePhase, Event, XenbusState, backend_event, frontend_event,
                                  parse_state, transition)
 
 from . import policy
 from .config import Config
-from .devstate import DeviceStateFactory, Limits, StateHandle, segment_name
+from .devstate import DeviceStateFactory, DeviceLimits, StateHandle, segment_name
 from .export_dir import ExportError, ensure_export
 from .restart import RestartPolicy
 from .toolstack import backend_path, domain_path, frontend_path
@@ -70,14 +70,14 @@ class Device:
         self.name = ring_name(domid, devid)
         self.be = backend_path(ctx.self_domid, kind, domid, devid)
         self.fe = frontend_path(domid, devid)
-        self.state = DeviceState.NEW
+        self.state = DevicePhase.NEW
         self.last_written: XenbusState | None = None
         self.fail_reason: str | None = None
         self.forgotten = False
         self.export = ""
         self.security_model = ""
         self.tag = ""
-        self.limits: Limits | None = None
+        self.limits: DeviceLimits | None = None
         self.num_rings = 0
         self.refs: list[int] = []
         self.ports: list[int] = []
@@ -112,7 +112,7 @@ class Device:
                 return
             observed = parse_state(xs.read(self.be + "/state"))
             online = (xs.read(self.be + "/online") or "1").strip() != "0"
-            if (self.state is DeviceState.NEW and self.last_written is None and online
+            if (self.state is DevicePhase.NEW and self.last_written is None and online
                     and observed not in (None, XenbusState.Initialising)):
                 self._take_over(observed)
                 observed = self.last_written  # what we just wrote; the stale value is no toolstack request
@@ -150,7 +150,7 @@ class Device:
                 if what == "fatal" and self.rings is not None:
                     self.fail(f"{r.name}: {r.fatal_reason}")
                     break
-        if (self.state is DeviceState.CLOSING and self.closing_since is not None
+        if (self.state is DevicePhase.CLOSING and self.closing_since is not None
                 and self.ctx.clock() - self.closing_since > self.ctx.cfg.close_timeout):
             self.warn("frontend did not reach Closed within %.1fs; closing anyway", self.ctx.cfg.close_timeout)
             self.feed(Event.CLOSE_TIMEOUT)
@@ -159,7 +159,7 @@ class Device:
         ds = []
         if self.rings is not None and (d := self.rings.next_deadline()) is not None:
             ds.append(d)
-        if self.state is DeviceState.CLOSING and self.closing_since is not None:
+        if self.state is DevicePhase.CLOSING and self.closing_since is not None:
             ds.append(self.closing_since + self.ctx.cfg.close_timeout)
         return min(ds) if ds else None
 
@@ -170,7 +170,7 @@ class Device:
         if r is None:
             return
         what = self.rings.on_message(r, msg)
-        if what == "ready" and self.state is DeviceState.CONNECTING and self.rings.all_running():
+        if what == "ready" and self.state is DevicePhase.CONNECTING and self.rings.all_running():
             self.feed(Event.WORKERS_READY)
         elif what == "fatal":
             self.fail(f"{r.name}: worker reports a fatal error: {r.fatal_reason}")
@@ -187,7 +187,7 @@ class Device:
             return
         prev, self.state = self.state, nxt
         log.debug("%s: %s + %s -> %s %s", self.name, prev, event, nxt, [str(a) for a in actions])
-        if nxt is DeviceState.CLOSING and prev is not DeviceState.CLOSING:
+        if nxt is DevicePhase.CLOSING and prev is not DevicePhase.CLOSING:
             self.closing_since = self.ctx.clock()
         for a in actions:
             try:
@@ -234,7 +234,7 @@ class Device:
                              self.tag, path)
         model = pol.security_model or model
         auto_delete = opt("auto-delete", 1)
-        self.limits = Limits(max_fids=cfg.max_fids,
+        self.limits = DeviceLimits(max_fids=cfg.max_fids,
                              max_open_files=opt("max-open-files") or pol.max_open_files or cfg.max_open_files,
                              max_space_mb=_first(opt("max-space"), pol.max_space),
                              max_files=_first(opt("max-files"), pol.max_files),
@@ -323,7 +323,7 @@ class Device:
     def resume_connected(self, state: StateHandle, rings: RingSet) -> None:
         """Serve on with an adopted device state and rings: Connected as the previous xen9pd left it."""
         self.dev_state, self.state_name, self.rings = state, state.name, rings
-        self.state = DeviceState.CONNECTED
+        self.state = DevicePhase.CONNECTED
         self.last_written = XenbusState.Connected
         self.connected_at = time.time()
 
@@ -382,10 +382,10 @@ class Device:
     def shutdown(self) -> None:
         """Daemon exit: stop the workers and leave the backend Closed (if it still exists)."""
         self._a_stop_workers(Event.BACKEND_OFFLINE)
-        if not self.forgotten and self.state is not DeviceState.NEW:
+        if not self.forgotten and self.state is not DevicePhase.NEW:
             self._write_state(XenbusState.Closed)
         self._a_free_device_state(Event.BACKEND_OFFLINE)
-        self.state = DeviceState.CLOSED
+        self.state = DevicePhase.CLOSED
 
     def restarts(self) -> int:
         live = sum(r.restarter.restarts for r in self.rings.rings) if self.rings else 0

@@ -19,7 +19,7 @@ log = logging.getLogger("xen9pd")
 
 
 @dataclass(frozen=True)
-class Limits:
+class DeviceLimits:
     """Per-device policy from the toolstack's keys (0 = unlimited where the key allows it)."""
 
     max_fids: int
@@ -39,7 +39,7 @@ class StateHandle(Protocol):
 
 
 class DeviceStateFactory(Protocol):
-    def create(self, name: str, *, limits: Limits, export: str, security_model: str, msize_cap: int,
+    def create(self, name: str, *, limits: DeviceLimits, export: str, security_model: str, msize_cap: int,
                num_rings: int) -> StateHandle: ...
 
 
@@ -67,7 +67,7 @@ class NullStateFactory:
 class ShmStateFactory:
     """DeviceState.create(...) in shared memory (xen9p_worker.shared.device_state, which the workers attach)."""
 
-    def create(self, name: str, *, limits: Limits, export: str, security_model: str, msize_cap: int,
+    def create(self, name: str, *, limits: DeviceLimits, export: str, security_model: str, msize_cap: int,
                num_rings: int) -> StateHandle:
         try:
             return DeviceState.create(

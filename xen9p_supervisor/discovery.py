@@ -111,7 +111,7 @@ class Discovery:
             dev = self.devices.get(key)
             if dev is not None:
                 dev.reconcile()
-        self._sweep_forgotten()
+        self.sweep_forgotten()
         return rescan
 
     def _key_from_token(self, token: str) -> Key | None:
@@ -162,7 +162,7 @@ class Discovery:
                 dev.feed(Event.BACKEND_GONE)
         self._released &= {k[1] for k in found}  # its nodes are gone: nothing left to ignore
         self.check_domains()
-        self._sweep_forgotten()
+        self.sweep_forgotten()
 
     def _children(self, path: str) -> list[int]:
         try:
@@ -214,7 +214,7 @@ class Discovery:
         self._fe_watched.discard(key)
         self._quiet_unwatch(frontend_path(key[1], key[2]) + "/state", _TOK_FRONTEND + "%s:%d:%d" % key)
 
-    def _sweep_forgotten(self) -> None:
+    def sweep_forgotten(self) -> None:
         dropped = set()
         for key, dev in list(self.devices.items()):
             if dev.forgotten:

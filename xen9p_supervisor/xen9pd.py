@@ -196,7 +196,7 @@ class Supervisor:
         self.control.handle_ready()
         for dev in self.devices():
             dev.tick()
-        self.discovery._sweep_forgotten()
+        self.discovery.sweep_forgotten()
 
     def _rescan(self) -> None:
         """Mark and sweep, only on a working connection: a scan that cannot read is no proof of removal."""

@@ -77,13 +77,13 @@ class Server:
         """A new session; a ring worker passes the device's shared fids, locks and state."""
         if fids is None:
             fids = self.fid_table_factory(self.limits.max_fids or (1 << 20))
-        return Session(self, fids, locks or self.locks, state or SessionState())
+        return Session(self, fids, locks or self.locks, state or LocalSessionState())
 
     def close(self) -> None:
         self.pool.close()
 
 
-class SessionState:
+class LocalSessionState:
     """What Tversion negotiates; a shared-memory object with the same attributes may replace it."""
 
     def __init__(self) -> None:
@@ -135,9 +135,9 @@ class Session:
         self._epoch = -1
         self._table = handlers.TABLE
         self.on_new_session: Callable[[], None] | None = None  # a ring worker's device-wide reset
-        self._inline = server.inline
+        self.inline_ops = server.inline
         self._sync_inline = server.inline & SYNC_INLINE
-        self._pool_submit = server.pool.submit
+        self.pool_submit = server.pool.submit
         self.pid = os.getpid()
 
     # -- the transport-facing API --------------------------------------------
@@ -186,10 +186,10 @@ class Session:
                 log.warning("tag %d reused while in flight; it cannot be flushed", tag)
             else:
                 self._inflight[tag] = req
-        if cls in self._inline:
+        if cls in self.inline_ops:
             self._run(req, fn)
         else:
-            self._pool_submit(self._run, req, fn)
+            self.pool_submit(self._run, req, fn)
 
     def sync_dialect(self) -> None:
         """Take the dialect (handler table, error reply) from the session state."""

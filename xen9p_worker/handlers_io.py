@@ -101,7 +101,7 @@ def t_read(s, m, req):
             return M.Rread(m.tag, os.pread(slot.fd, count, m.offset))
         finally:
             s.fds.release(slot)
-    if type(m) not in s._inline:
+    if type(m) not in s.inline_ops:
         return _alloc_and_read(s, m, e, req, count)
     # Served on the transport's thread: only what the page cache holds now, into room the
     # transport lends without waiting; anything that would wait (for the disk, or for a
@@ -120,7 +120,7 @@ def t_read(s, m, req):
 
 def _to_pool(s, req, fn):
     from .handlers import PENDING  # handlers imports this module
-    s._pool_submit(s._run, req, fn)
+    s.pool_submit(s._run, req, fn)
     return PENDING
 
 

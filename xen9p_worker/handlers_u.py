@@ -36,7 +36,7 @@ def t_read_u(s, m, req):
     e = s.fids.get(m.fid)
     if e.kind != FID_DIR:
         return t_read(s, m, req)
-    if type(m) in s._inline:  # many stat calls: not on the transport's thread
+    if type(m) in s.inline_ops:  # many stat calls: not on the transport's thread
         return _to_pool(s, req, lambda s, m, req: _read_dir(s, m))
     return _read_dir(s, m)
 

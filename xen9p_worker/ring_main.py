@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             ctl.setsockopt(zmq.IDENTITY, control.ring_name(args.domid, args.devid, args.ring).encode())
             ctl.setsockopt(zmq.LINGER, 1000)
             # The worker outlives its xen9pd: zmq reconnects every 100 ms to whichever xen9pd binds the
-            # socket next (which adopts us); what we send while none listens is dropped (_send never blocks).
+            # socket next (which adopts us); what we send while none listens is dropped (send never blocks).
             ctl.setsockopt(zmq.RECONNECT_IVL, 100)
             ctl.setsockopt(zmq.RECONNECT_IVL_MAX, 0)
             ctl.connect(args.supervisor)
@@ -141,12 +141,12 @@ def main(argv=None) -> int:
     except WorkerExit as e:
         log.error("%s", e)
         if worker is not None:
-            worker._send(control.W_ERROR, reason=str(e), fatal=e.code == EXIT_RING)
+            worker.send(control.W_ERROR, reason=str(e), fatal=e.code == EXIT_RING)
         return e.code
     except (Xen9pError, OSError, ValueError) as e:
         log.error("ring worker failed: %s", e)
         if worker is not None:
-            worker._send(control.W_ERROR, reason=str(e), fatal=False)
+            worker.send(control.W_ERROR, reason=str(e), fatal=False)
         return EXIT_ERROR
     finally:
         if server is not None:

@@ -310,7 +310,7 @@ class RingWorker:
             import zmq
             ctl_fd = self.ctl.getsockopt(zmq.FD)
             poller.register(ctl_fd, select.POLLIN)
-        self._send(control.W_READY)
+        self.send(control.W_READY)
         now = self.clock()
         next_hb = now + self.heartbeat
         next_stats = now + self.stats_every
@@ -331,7 +331,7 @@ class RingWorker:
                 now = self.clock()
                 self._pass_at = now
                 if now >= next_hb:
-                    self._send(control.W_HEARTBEAT, ts=time.time())
+                    self.send(control.W_HEARTBEAT, ts=time.time())
                     next_hb = now + self.heartbeat
                 if now >= next_stats:
                     self._publish_stats()
@@ -368,10 +368,10 @@ class RingWorker:
                         pass
         except RingError as e:
             log.error("%s: ring protocol violation: %s", self.name, e)
-            self._send(control.W_ERROR, reason=f"ring protocol violation: {e}", fatal=True)
+            self.send(control.W_ERROR, reason=f"ring protocol violation: {e}", fatal=True)
             code = EXIT_RING
         self._publish_stats()
-        self._send(control.W_BYE, reason=self._stop_reason or ("ring error" if code else "done"))
+        self.send(control.W_BYE, reason=self._stop_reason or ("ring error" if code else "done"))
         return code
 
     def _spin(self) -> bool:
@@ -858,7 +858,8 @@ class RingWorker:
 
     # -- control -------------------------------------------------------------------
 
-    def _send(self, mtype: str, **fields) -> None:
+    def send(self, mtype: str, **fields) -> None:
+        """One message to xen9pd (never blocks: dropped while none listens)."""
         if self.ctl is None:
             return
         import zmq
@@ -877,11 +878,11 @@ class RingWorker:
             return False
 
     def hello(self) -> None:
-        self._send(control.W_HELLO)
+        self.send(control.W_HELLO)
 
     def _publish_stats(self) -> None:
         self.ds.store_ring_counters(self.ring_no, self.metrics.counters())
-        self._send(control.W_STATS, metrics=self.metrics.snapshot())
+        self.send(control.W_STATS, metrics=self.metrics.snapshot())
 
     def _control(self) -> None:
         import zmq

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from xen9p_common import control
-from xen9p_common.xenbus import DeviceState, XenbusState, parse_state
+from xen9p_common.xenbus import DevicePhase, XenbusState, parse_state
 from xen9p_sim.toolstack import create_domain
 from xen9p_supervisor import toolstack
 from xen9p_supervisor.config import Config
@@ -64,7 +64,7 @@ class World:
         self.dev.reconcile()
         self.frontend(XenbusState.Initialised, **self.offer_rings(n))
         self.ready()
-        assert self.dev.state is DeviceState.CONNECTED
+        assert self.dev.state is DevicePhase.CONNECTED
 
 
 @pytest.fixture
@@ -74,38 +74,38 @@ def world(dom0, tmp_path):  # noqa: F811
 
 def test_handshake_advertises_then_connects_when_every_worker_is_ready(world):
     world.dev.reconcile()
-    assert world.dev.state is DeviceState.ADVERTISED
+    assert world.dev.state is DevicePhase.ADVERTISED
     assert world.backend_state() is XenbusState.InitWait
     assert (world.xs.read(world.be + "/versions"), world.xs.read(world.be + "/max-rings"),
             world.xs.read(world.be + "/max-ring-page-order")) == ("1", "4", "6")
     world.frontend(XenbusState.Initialised, **world.offer_rings(2))
-    assert world.dev.state is DeviceState.CONNECTING
+    assert world.dev.state is DevicePhase.CONNECTING
     specs = [s for s, _, _ in world.launcher.spawned]
     assert [(s.ring, s.ring_ref, s.evtchn, s.max_ring_order) for s in specs] == [(0, 100, 20, 6), (1, 101, 21, 6)]
     assert [s.state_name for s in specs] == [world.states.created[0].name] * 2
     assert world.states.created[0].params["num_rings"] == 2
     r0 = world.dev.rings.rings[0]
     world.dev.on_worker_message(r0.name, {"type": control.W_READY, "pid": r0.proc.pid})
-    assert world.dev.state is DeviceState.CONNECTING             # one ring is not the device
+    assert world.dev.state is DevicePhase.CONNECTING             # one ring is not the device
     assert world.backend_state() is XenbusState.InitWait
     world.ready()
-    assert world.dev.state is DeviceState.CONNECTED and world.backend_state() is XenbusState.Connected
+    assert world.dev.state is DevicePhase.CONNECTED and world.backend_state() is XenbusState.Connected
     world.dev.reconcile()                                         # level-triggered: nothing changes
-    assert world.dev.state is DeviceState.CONNECTED and len(world.launcher.procs()) == 2
+    assert world.dev.state is DevicePhase.CONNECTED and len(world.launcher.procs()) == 2
 
 
 def test_frontend_closing_then_closed(world):
     world.connect()
     world.frontend(XenbusState.Closing)
-    assert world.dev.state is DeviceState.CLOSING and world.backend_state() is XenbusState.Closing
+    assert world.dev.state is DevicePhase.CLOSING and world.backend_state() is XenbusState.Closing
     assert world.asked_to_stop == ["dom7/dev0/ring0", "dom7/dev0/ring1"]
     assert world.launcher.live() == [] and world.dev.rings is None
     assert world.states.live() != []                              # freed only once the frontend closed
     world.frontend(XenbusState.Closed)
-    assert world.dev.state is DeviceState.CLOSED and world.backend_state() is XenbusState.Closed
+    assert world.dev.state is DevicePhase.CLOSED and world.backend_state() is XenbusState.Closed
     assert world.states.live() == []
     world.frontend(XenbusState.Initialising)                      # the guest reconnects
-    assert world.dev.state is DeviceState.ADVERTISED and world.backend_state() is XenbusState.InitWait
+    assert world.dev.state is DevicePhase.ADVERTISED and world.backend_state() is XenbusState.InitWait
 
 
 def test_a_frontend_that_never_closes_is_closed_after_the_timeout(world, caplog):
@@ -114,10 +114,10 @@ def test_a_frontend_that_never_closes_is_closed_after_the_timeout(world, caplog)
     assert world.dev.next_deadline() == world.clock() + CFG.close_timeout
     world.clock.advance(CFG.close_timeout - 0.1)
     world.dev.tick()
-    assert world.dev.state is DeviceState.CLOSING
+    assert world.dev.state is DevicePhase.CLOSING
     world.clock.advance(0.2)
     world.dev.tick()
-    assert world.dev.state is DeviceState.CLOSED and world.backend_state() is XenbusState.Closed
+    assert world.dev.state is DevicePhase.CLOSED and world.backend_state() is XenbusState.Closed
     assert "did not reach Closed" in caplog.text and world.states.live() == []
 
 
@@ -132,15 +132,15 @@ def test_a_frontend_that_never_closes_is_closed_after_the_timeout(world, caplog)
 def test_a_bad_frontend_value_closes_the_backend_with_the_reason(world, caplog, keys, reason):
     world.dev.reconcile()
     world.frontend(XenbusState.Initialised, **{**world.offer_rings(2), **keys})
-    assert world.dev.state is DeviceState.FAILED and world.backend_state() is XenbusState.Closed
+    assert world.dev.state is DevicePhase.FAILED and world.backend_state() is XenbusState.Closed
     assert reason in world.dev.fail_reason
     assert f"dom7/dev0: disconnecting: {world.dev.fail_reason}" in caplog.text
     assert world.launcher.spawned == [] and world.states.created == []
     world.dev.reconcile()                                         # the stale frontend is not retried
-    assert world.dev.state is DeviceState.FAILED and world.launcher.spawned == []
+    assert world.dev.state is DevicePhase.FAILED and world.launcher.spawned == []
     world.frontend(XenbusState.Closed)                            # the guest saw our Closed
     world.frontend(XenbusState.Initialising, **world.offer_rings(1))
-    assert world.dev.state is DeviceState.ADVERTISED
+    assert world.dev.state is DevicePhase.ADVERTISED
 
 
 def test_a_missing_ring_key_is_named(world):
@@ -154,7 +154,7 @@ def test_a_missing_ring_key_is_named(world):
 def test_a_bad_toolstack_value_fails_at_attach(world, caplog):
     world.xs.write(world.be + "/security_model", "bogus")
     world.dev.reconcile()
-    assert world.dev.state is DeviceState.FAILED and world.backend_state() is XenbusState.Closed
+    assert world.dev.state is DevicePhase.FAILED and world.backend_state() is XenbusState.Closed
     assert "security_model 'bogus' is not one of" in world.dev.fail_reason
     assert world.xs.read(world.be + "/versions") is None          # nothing advertised
 
@@ -168,7 +168,7 @@ def test_a_crashed_worker_is_respawned_and_the_device_stays_connected(world):
     assert world.dev.next_deadline() == world.clock() + CFG.backoff_initial
     world.clock.advance(CFG.backoff_initial)
     world.dev.tick()
-    assert len(world.launcher.procs()) == 2 and world.dev.state is DeviceState.CONNECTED
+    assert len(world.launcher.procs()) == 2 and world.dev.state is DevicePhase.CONNECTED
     assert world.backend_state() is XenbusState.Connected and world.dev.restarts() == 1
     assert world.dev.status()["rings"][0]["restarts"] == 1
 
@@ -180,7 +180,7 @@ def test_a_worker_that_keeps_failing_fails_the_device(world, caplog):
         world.dev.tick()
         world.clock.advance(CFG.backoff_max)
         world.dev.tick()
-    assert world.dev.state is DeviceState.FAILED and world.backend_state() is XenbusState.Closed
+    assert world.dev.state is DevicePhase.FAILED and world.backend_state() is XenbusState.Closed
     assert world.dev.fail_reason.startswith("dom7/dev0/ring0: worker failed 2 times in a row")
     assert "giving up (FATAL)" in caplog.text
     assert world.dev.rings is None and world.states.live() == []
@@ -191,7 +191,7 @@ def test_a_worker_reporting_a_fatal_error_fails_the_device(world):
     r1 = world.dev.rings.rings[1]
     world.dev.on_worker_message(r1.name, {"type": control.W_ERROR, "pid": r1.proc.pid, "fatal": True,
                                           "reason": "ring order 9 exceeds the advertised 6"})
-    assert world.dev.state is DeviceState.FAILED and world.backend_state() is XenbusState.Closed
+    assert world.dev.state is DevicePhase.FAILED and world.backend_state() is XenbusState.Closed
     assert world.dev.fail_reason == ("dom7/dev0/ring1: worker reports a fatal error: "
                                      "ring order 9 exceeds the advertised 6")
     assert world.launcher.live() == []
@@ -201,7 +201,7 @@ def test_a_spawn_failure_fails_the_device(world):
     world.launcher.fail = SpawnError("dom7/dev0/ring0: cannot start worker 'x': No such file")
     world.dev.reconcile()
     world.frontend(XenbusState.Initialised, **world.offer_rings(1))
-    assert world.dev.state is DeviceState.FAILED and "cannot start worker" in world.dev.fail_reason
+    assert world.dev.state is DevicePhase.FAILED and "cannot start worker" in world.dev.fail_reason
     assert world.states.live() == []                              # the state created for it is freed
 
 
@@ -210,7 +210,7 @@ def test_a_device_state_that_cannot_be_created_fails_the_device(world):
     world.states.fail = Xen9pError("cannot create device state: No space left on device")
     world.dev.reconcile()
     world.frontend(XenbusState.Initialised, **world.offer_rings(1))
-    assert world.dev.state is DeviceState.FAILED and "No space left" in world.dev.fail_reason
+    assert world.dev.state is DevicePhase.FAILED and "No space left" in world.dev.fail_reason
     assert world.launcher.spawned == []
 
 
@@ -222,17 +222,17 @@ def test_toolstack_detach_is_answered_with_closed(world):
         t.write(world.be + "/state", str(int(XenbusState.Closing)))
     world.xs.transaction(detach)
     world.dev.reconcile()
-    assert world.dev.state is DeviceState.DETACHED and world.backend_state() is XenbusState.Closed
+    assert world.dev.state is DevicePhase.DETACHED and world.backend_state() is XenbusState.Closed
     assert world.launcher.live() == [] and world.states.live() == []
     world.dev.reconcile()                                          # answered: quiet on later rescans
-    assert world.dev.state is DeviceState.DETACHED
+    assert world.dev.state is DevicePhase.DETACHED
 
 
 def test_a_vanished_backend_is_forgotten_without_writing(world):
     world.connect(1)
     world.xs.rm(world.be)
     world.dev.reconcile()
-    assert world.dev.state is DeviceState.GONE and world.dev.forgotten
+    assert world.dev.state is DevicePhase.GONE and world.dev.forgotten
     assert world.xs.read(world.be) is None                         # never recreated by a state write
     assert world.launcher.live() == [] and world.states.live() == []
 
@@ -249,8 +249,8 @@ def test_a_backend_state_left_by_a_previous_daemon_is_closed(world, caplog):
     world.xs.write(world.be + "/state", str(int(XenbusState.Connected)))   # no adopter: nothing to adopt
     world.xs.write(world.fe + "/state", str(int(XenbusState.Connected)))
     world.dev.reconcile()
-    assert world.dev.state is DeviceState.CLOSED and world.backend_state() is XenbusState.Closed
+    assert world.dev.state is DevicePhase.CLOSED and world.backend_state() is XenbusState.Closed
     assert "found in state Connected written by a previous backend instance" in caplog.text
     world.frontend(XenbusState.Closed)
     world.frontend(XenbusState.Initialising)                      # the guest reconnects for a fresh session
-    assert world.dev.state is DeviceState.ADVERTISED and world.backend_state() is XenbusState.InitWait
+    assert world.dev.state is DevicePhase.ADVERTISED and world.backend_state() is XenbusState.InitWait

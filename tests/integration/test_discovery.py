@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from xen9p_common.xenbus import DeviceState, XenbusState
+from xen9p_common.xenbus import DevicePhase, XenbusState
 from xen9p_sim.toolstack import create_domain, destroy_domain
 from xen9p_supervisor import toolstack
 from xen9p_supervisor.config import Config
@@ -58,7 +58,7 @@ def test_a_device_appearing_is_found_by_its_watch(host):
     host.events_until(lambda: True, "the initial watch events")
     be, fe = host.attach(5)
     dev = host.events_until(lambda: host.device(5), "dom5/dev0 found")
-    assert dev.state is DeviceState.ADVERTISED and host.xs.read(be + "/state") == str(int(XenbusState.InitWait))
+    assert dev.state is DevicePhase.ADVERTISED and host.xs.read(be + "/state") == str(int(XenbusState.InitWait))
     # Its frontend is watched: the guest's Initialised reaches the device without a rescan.
     rescans = host.disc.rescans
     host.xs.write(fe + "/version", "1")
@@ -66,7 +66,7 @@ def test_a_device_appearing_is_found_by_its_watch(host):
     host.xs.write(fe + "/ring-ref0", "9")
     host.xs.write(fe + "/event-channel-0", "4")
     host.xs.write(fe + "/state", str(int(XenbusState.Initialised)))
-    host.events_until(lambda: dev.state is DeviceState.CONNECTING, "the frontend's Initialised")
+    host.events_until(lambda: dev.state is DevicePhase.CONNECTING, "the frontend's Initialised")
     assert len(host.launcher.procs()) == 1 and host.disc.rescans == rescans
 
 
@@ -88,21 +88,21 @@ def test_a_device_vanishing_between_scans_is_swept(host):
     gone = host.device(5)
     host.xs.rm(be)                                                  # no watch delivered: only the sweep sees it
     host.disc.rescan()
-    assert host.device(5) is None and gone.forgotten and gone.state is DeviceState.GONE
+    assert host.device(5) is None and gone.forgotten and gone.state is DevicePhase.GONE
     assert host.xs.read(be) is None                                 # the sweep wrote nothing back
-    assert host.device(6).state is DeviceState.ADVERTISED
+    assert host.device(6).state is DevicePhase.ADVERTISED
 
 
 def test_a_missed_watch_is_caught_by_the_rescan(host):
     _, fe = host.attach(5)
     host.disc.rescan()
     dev = host.device(5)
-    assert dev.state is DeviceState.ADVERTISED
+    assert dev.state is DevicePhase.ADVERTISED
     # The frontend closes; its watch event is never handled (lost, coalesced, or the loop was busy).
     host.xs.write(fe + "/state", str(int(XenbusState.Closed)))
-    assert dev.state is DeviceState.ADVERTISED
+    assert dev.state is DevicePhase.ADVERTISED
     host.disc.rescan()
-    assert dev.state is DeviceState.CLOSED
+    assert dev.state is DevicePhase.CLOSED
 
 
 def test_a_released_domain_is_torn_down_and_its_leftover_backend_removed(host):
@@ -111,7 +111,7 @@ def test_a_released_domain_is_torn_down_and_its_leftover_backend_removed(host):
     dev = host.events_until(lambda: host.device(5), "dom5/dev0 found")
     destroy_domain(host.xs, 5)                                      # xl destroy leaves the xen_9pfs dir behind
     host.events_until(lambda: host.device(5) is None, "dom5's device released")
-    assert dev.state is DeviceState.GONE
+    assert dev.state is DevicePhase.GONE
     assert host.xs.read(be) is None and host.xs.read(f"/local/domain/0/backend/{KIND}/5") is None
     host.disc.rescan()
     assert host.device(5) is None                                   # not adopted again as a new device

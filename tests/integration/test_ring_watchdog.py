@@ -160,7 +160,7 @@ def test_heartbeats_go_on_when_the_clock_steps_back(tmp_path):
     iw = InprocWorker(d, HoldingSession(), heartbeat=0.05, stats_every=0.1,
                       clock=lambda: time.monotonic() + offset[0])
     beats = []
-    iw.w._send = lambda mtype, **f: beats.append(mtype)
+    iw.w.send = lambda mtype, **f: beats.append(mtype)
     iw.run()
     try:
         wait_for(lambda: beats.count("heartbeat") >= 2, what="first heartbeats")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from xen9p_common.xenbus import (
-    TABLE, Action as A, DeviceState as S, Event as E, XenbusState as X, backend_event,
+    TABLE, Action as A, DevicePhase as S, Event as E, XenbusState as X, backend_event,
     frontend_event, parse_state, transition,
 )
 

@@ -16,7 +16,7 @@ import logging
 import tempfile
 
 from xen9p_common import control
-from xen9p_common.xenbus import DeviceState, XenbusState
+from xen9p_common.xenbus import DevicePhase, XenbusState
 from xen9p_supervisor import config
 from xen9p_supervisor.device import Context, Device
 from xen9p_supervisor.devstate import NullStateFactory
@@ -157,7 +157,7 @@ def one_input(data: bytes) -> None:
 
 
 def _check(dev: Device, xs: Store, launcher: Launcher, cfg) -> None:
-    assert isinstance(dev.state, DeviceState)
+    assert isinstance(dev.state, DevicePhase)
     for path, value in xs.writes:
         assert path.startswith(BE + "/"), f"wrote {path!r} outside the backend directory"
         if path == BE + "/state":
