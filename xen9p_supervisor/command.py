@@ -34,6 +34,12 @@ class Unavailable(Exception):
     """xen9pd is not running or not answering (exit 69)."""
 
 
+def fail(message: str, code: int) -> int:
+    """xen9pctl's one error line (on stderr), and the exit code to return with it."""
+    print(f"xen9pctl: {message}", file=sys.stderr)
+    return code
+
+
 @dataclass(frozen=True)
 class Arg:
     """One argument: a positional (a required non-empty string on the wire) or a --flag.
@@ -130,15 +136,12 @@ class Command:
                 try:
                     reply = client.call(cmd, args)
                 except Unavailable as e:
-                    print(f"xen9pctl: {e}", file=sys.stderr)
-                    return EXIT_UNAVAILABLE
+                    return fail(str(e), EXIT_UNAVAILABLE)
                 except ControlError as e:
-                    print(f"xen9pctl: bad reply from xen9pd: {e}", file=sys.stderr)
-                    return EXIT_REFUSED
+                    return fail(f"bad reply from xen9pd: {e}", EXIT_REFUSED)
                 if not reply.get("ok"):
                     err = reply.get("error") or {}
-                    print(f"xen9pctl: {self.name} refused: {err.get('message', err)}", file=sys.stderr)
-                    return EXIT_REFUSED
+                    return fail(f"{self.name} refused: {err.get('message', err)}", EXIT_REFUSED)
                 result = reply.get("result")
                 if ns.json:
                     print(self.render_json(result, repeat), flush=True)

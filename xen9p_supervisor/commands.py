@@ -32,7 +32,7 @@ from xen9p_common.version import version
 from xen9p_common.xenbus import Event
 
 from . import config as configmod, toolstack
-from .command import CHANGE_TIMEOUT, Arg, Command, CommandError, CommandTable, Unavailable
+from .command import CHANGE_TIMEOUT, Arg, Command, CommandError, CommandTable, Unavailable, fail
 from .ctl_tables import devices_table, metrics_text, rings_table, status_table
 
 log = logging.getLogger("xen9pd")
@@ -291,11 +291,9 @@ class Upgrade(Command):
                 return EXIT_OK
             n = upgrade(client.call, rings, ns.ring_timeout, sys.stdout)
         except Unavailable as e:
-            print(f"xen9pctl: {e}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
+            return fail(str(e), EXIT_UNAVAILABLE)
         except UpgradeFailed as e:
-            print(f"xen9pctl: upgrade stopped: {e}", file=sys.stderr)
-            return EXIT_REFUSED
+            return fail(f"upgrade stopped: {e}", EXIT_REFUSED)
         print(f"xen9pctl: upgrade: {n} ring worker(s) replaced")
         return EXIT_OK
 

@@ -19,8 +19,8 @@ import statistics
 import sys
 import time
 
-from tests.e2e.real_guest import DEADLINE, RealGuest, World, ring
-from tests.e2e.verified_load import VerifiedLoad
+from tests.e2e.real_guest import DEADLINE, RealGuest, World, ring, shut_down
+from tests.e2e.verified_load import VerifiedLoad, report
 from tests.waiting import wait_for
 from xen9p_common.xenbus import XenbusState
 
@@ -87,11 +87,7 @@ def storm(kills: int, guests: int = 4, seed: int = 1, log=print) -> dict:
                 "recovery_p99_ms": round(1000 * percentile(recov, 99), 1) if recov else None,
                 "recovery_max_ms": round(1000 * max(recov), 1) if recov else None}
     finally:
-        for ld in loads:
-            ld._stop.set()
-        for g in gs:
-            g.close()
-        world.close()
+        shut_down(loads, gs, world)
 
 
 def _wait_ops(loads, target: int, what: str) -> None:
@@ -118,16 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     r = storm(args.kills, args.guests, args.seed)
-    for k, v in r.items():
-        print(f"{k}: {v}")
-    try:
-        check(r)
-    except AssertionError as e:
-        print(f"FAIL: {e}")
-        return 1
-    print(f"PASS: {args.kills} SIGKILLs, 0 guest-visible errors, 0 lost/doubled/torn effects, "
-          f"recovery p50 {r['recovery_p50_ms']} ms p99 {r['recovery_p99_ms']} ms")
-    return 0
+    return report(r, check, f"{args.kills} SIGKILLs, 0 guest-visible errors, 0 lost/doubled/torn effects, "
+                            f"recovery p50 {r['recovery_p50_ms']} ms p99 {r['recovery_p99_ms']} ms")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import threading
 import time
 
 
-from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with
+from tests.e2e.xen9pd_helpers import ROOT, SimXenstored, Xen9pd, env_for_children, procs_with, ring  # noqa: F401 (ring: re-exported)
 from tests.waiting import wait_for
 from xen9p_sim.client import Client, P9Error
 from xen9p_common.errors import Xen9pError
@@ -266,15 +266,6 @@ class Load:
         self.client.send_frame, self.client._dispatch = self._orig_send, self._orig_dispatch
 
 
-def ring(daemon: Xen9pd, name: str) -> dict:
-    dev = daemon.device(name.rpartition("/")[0])
-    assert dev is not None, name
-    for r in dev["rings"]:
-        if r["name"] == name:
-            return r
-    raise AssertionError(f"no ring {name} in {dev}")
-
-
 def wait_new_worker(daemon: Xen9pd, name: str, old_pid: int) -> dict:
     return wait_for(lambda: (r := ring(daemon, name))["pid"] not in (None, old_pid) and r["state"] == "running"
                     and r, DEADLINE, f"{name} serving again with a new pid")
@@ -292,3 +283,12 @@ def p9_errno(fn) -> int | None:
     except P9Error as e:
         return e.errno
     return None
+
+
+def shut_down(loads, guests, world) -> None:
+    """Stop every load, close every guest, then the world (which checks that nothing of it is left)."""
+    for ld in loads:
+        ld._stop.set()
+    for g in guests:
+        g.close()
+    world.close()

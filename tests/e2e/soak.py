@@ -14,8 +14,8 @@ import time
 
 import psutil
 
-from tests.e2e.real_guest import DEADLINE, RealGuest, World, ring
-from tests.e2e.verified_load import VerifiedLoad
+from tests.e2e.real_guest import DEADLINE, RealGuest, World, ring, shut_down
+from tests.e2e.verified_load import VerifiedLoad, report
 from tests.waiting import wait_for
 from xen9p_supervisor.devstate import segment_name
 
@@ -76,11 +76,7 @@ def soak(seconds: float, devices: int = 8, log=print) -> dict:
                   "rss_mib_last_max": round(max(v[1] for v in last.values()) / 2**20, 1),
                   "fd_growth_max": max(fd_growth.values()) if fd_growth else None}
     finally:
-        for ld in loads:
-            ld._stop.set()
-        for g in gs:
-            g.close()
-        world.close()  # asserts no process of the world is left
+        shut_down(loads, gs, world)  # asserts no process of the world is left
     result["workers_left"] = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
     result["segments_left"] = sorted(f for p in segs for f in glob.glob(p))
     return result
@@ -103,16 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--devices", type=int, default=8)
     args = ap.parse_args(argv)
     r = soak(args.seconds, args.devices)
-    for k, v in r.items():
-        print(f"{k}: {v}")
-    try:
-        check(r)
-    except AssertionError as e:
-        print(f"FAIL: {e}")
-        return 1
-    print(f"PASS: {r['devices']} devices x 2 rings, {r['seconds']} s, {r['ops']} verified guest ops, "
-          f"RSS growth after warm-up <= {r['rss_growth_max_pct']} %, fd growth <= {r['fd_growth_max']}")
-    return 0
+    return report(r, check, f"{r['devices']} devices x 2 rings, {r['seconds']} s, {r['ops']} verified guest ops, "
+                            f"RSS growth after warm-up <= {r['rss_growth_max_pct']} %, fd growth <= {r['fd_growth_max']}")
 
 
 if __name__ == "__main__":

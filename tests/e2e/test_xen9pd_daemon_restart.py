@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.e2e.real_guest import DEADLINE, Load, RealGuest, World, ring
+from tests.e2e.real_guest import DEADLINE, Load, RealGuest, World, ring, shut_down
 from tests.e2e.xen9pd_helpers import ROOT, env_for_children
 from tests.waiting import wait_for
 from xen9p_sim.client import ClientError
@@ -114,11 +114,7 @@ def test_daemon_killed_or_restarted_mid_workload_is_invisible_to_guests(how):
                  DEADLINE, f"{name} restarted")
         assert guests[0].works("after-restart")
     finally:
-        for ld in loads:
-            ld._stop.set()
-        for g in guests:
-            g.close()
-        world.close()
+        shut_down(loads, guests, world)
 
 
 def test_worker_that_died_while_no_daemon_ran_resumes_through_the_journal(world):
@@ -321,8 +317,4 @@ def test_restart_then_rolling_upgrade_to_another_build_is_invisible_to_guests():
         print(f"\n[upgrade] {len(names)} rings replaced one at a time; longest guest request latency during the "
               f"upgrade {latency * 1000:.1f} ms")
     finally:
-        for ld in loads:
-            ld._stop.set()
-        for g in guests:
-            g.close()
-        world.close()
+        shut_down(loads, guests, world)

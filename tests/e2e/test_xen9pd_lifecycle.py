@@ -11,18 +11,9 @@ import sys
 
 import pytest
 
-from tests.e2e.xen9pd_helpers import ROOT, Guest, SimXenstored, Xen9pd, env_for_children, procs_with
+from tests.e2e.xen9pd_helpers import ROOT, Guest, Xen9pd, env_for_children, procs_with
 from tests.waiting import wait_for
 from xen9p_supervisor import toolstack
-
-
-@pytest.fixture
-def sim(tmp_path):
-    xsd = SimXenstored(str(tmp_path))
-    xs = xsd.client()
-    yield str(tmp_path), xs
-    xs.close()
-    xsd.stop()
 
 
 @pytest.fixture

@@ -7,28 +7,10 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
-
-from tests.e2e.xen9pd_helpers import Guest, SimXenstored, Xen9pd
+from tests.e2e.xen9pd_helpers import Guest, Xen9pd, ring
 from tests.waiting import wait_for
 
 
-@pytest.fixture
-def sim(tmp_path):
-    xsd = SimXenstored(str(tmp_path))
-    xs = xsd.client()
-    yield str(tmp_path), xs
-    xs.close()
-    xsd.stop()
-
-
-def _ring(d: Xen9pd, name: str) -> dict:
-    dev = d.device(name.rpartition("/")[0])
-    assert dev is not None, name
-    for r in dev["rings"]:
-        if r["name"] == name:
-            return r
-    raise AssertionError(f"no ring {name} in {dev}")
 
 
 def test_sigkilled_worker_is_restarted_and_device_keeps_serving(sim):
@@ -37,20 +19,20 @@ def test_sigkilled_worker_is_restarted_and_device_keeps_serving(sim):
     try:
         g = Guest(xs, 3).attach(tmp)
         g.connect(2)
-        old = _ring(d, "dom3/dev0/ring1")
+        old = ring(d, "dom3/dev0/ring1")
         os.kill(old["pid"], signal.SIGKILL)
-        new = wait_for(lambda: (r := _ring(d, "dom3/dev0/ring1"))["pid"] not in (None, old["pid"])
+        new = wait_for(lambda: (r := ring(d, "dom3/dev0/ring1"))["pid"] not in (None, old["pid"])
                        and r["state"] == "running" and r, 10, "ring1 restarted")
         assert new["restarts"] == 1 and new["exits"]["crash"] == 1
         assert new["cpu"] == old["cpu"]
         assert g.be_state() == 4 and d.device("dom3/dev0")["state"] == "connected"
-        assert _ring(d, "dom3/dev0/ring0")["pid"] != None
+        assert ring(d, "dom3/dev0/ring0")["pid"] != None
         assert "dom3/dev0/ring1: worker exited (crash, signal 9); restarting" in d.logs()
         # Operator restart: a requested exit, not a crash.
         r = d.request("restart-ring", {"ring": "dom3/dev0/ring0"})
         assert r["ok"], r
-        wait_for(lambda: _ring(d, "dom3/dev0/ring0")["state"] == "running", 10, "ring0 back")
-        assert _ring(d, "dom3/dev0/ring0")["exits"]["requested"] == 1
+        wait_for(lambda: ring(d, "dom3/dev0/ring0")["state"] == "running", 10, "ring0 back")
+        assert ring(d, "dom3/dev0/ring0")["exits"]["requested"] == 1
     finally:
         d.stop()
 
@@ -81,8 +63,8 @@ def test_silent_worker_is_aborted_and_restarted(sim):
     try:
         g = Guest(xs, 6).attach(tmp)
         g.connect(1)
-        pid = _ring(d, "dom6/dev0/ring0")["pid"]
-        r = wait_for(lambda: (x := _ring(d, "dom6/dev0/ring0"))["exits"]["timeout"] >= 1 and x, 10,
+        pid = ring(d, "dom6/dev0/ring0")["pid"]
+        r = wait_for(lambda: (x := ring(d, "dom6/dev0/ring0"))["exits"]["timeout"] >= 1 and x, 10,
                      "heartbeat timeout")
         assert "dom6/dev0/ring0: worker pid %d silent" % pid in d.logs()
         assert r["restarts"] >= 1 or r["state"] == "backoff"

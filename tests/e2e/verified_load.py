@@ -130,3 +130,16 @@ class VerifiedLoad(Load):
                 bad.append(f"{mdl.name}/log: {len(log) // LINE} lines, {mdl.appended} appended "
                            f"(first difference at byte {next((i for i, (a, b) in enumerate(zip(log, want_log)) if a != b), min(len(log), len(want_log)))})")
         return bad
+
+
+def report(result: dict, check, passed: str) -> int:
+    """A long run's command-line ending: every figure, then PASS (exit 0) or FAIL with why (exit 1)."""
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    try:
+        check(result)
+    except AssertionError as e:
+        print(f"FAIL: {e}")
+        return 1
+    print(f"PASS: {passed}")
+    return 0

@@ -233,3 +233,13 @@ def procs_with(marker: str) -> list:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return out
+
+
+def ring(daemon: "Xen9pd", name: str) -> dict:
+    """The status entry of ring `name` ("dom3/dev0/ring1") as xen9pctl reports it."""
+    dev = daemon.device(name.rpartition("/")[0])
+    assert dev is not None, name
+    for r in dev["rings"]:
+        if r["name"] == name:
+            return r
+    raise AssertionError(f"no ring {name} in {dev}")

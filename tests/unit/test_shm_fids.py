@@ -5,7 +5,6 @@ import errno
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -13,6 +12,7 @@ from xen9p_common.p9 import Qid
 from xen9p_worker.shared.device_state import SHM_DIR, DeviceState
 from xen9p_worker.fids import FID_FILE, FID_PATH, FID_XATTR_WRITE, FidEntry
 from xen9p_worker.shared import layout as L
+from tests.shm_states import attached_pair
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,15 +23,9 @@ def entry(path=b"a", kind=FID_PATH, **kw):
 
 @pytest.fixture
 def pair():
-    name = f"xen9p-test-{uuid.uuid4().hex[:12]}"
-    ds = DeviceState.create(name, max_fids=8, max_open_files=0, max_space_mb=0, export="/tmp",
-                            security_model="none", msize_cap=8192, num_rings=2, xattr_slots=2)
-    other = DeviceState.attach(name)
-    yield ds, other
-    other.close()
-    ds.close()
-    ds.unlink()
-    assert not os.path.exists(os.path.join(SHM_DIR, name))
+    with attached_pair(max_fids=8, xattr_slots=2) as (ds, other):
+        yield ds, other
+    assert not os.path.exists(os.path.join(SHM_DIR, ds.name))
 
 
 def test_add_get_update_remove_seen_by_another_attachment(pair):
@@ -147,16 +141,7 @@ def test_writer_killed_mid_update_does_not_wedge(pair):
 
 
 def test_open_files_at_and_the_reclaimed_mark_are_device_wide():
-    import uuid
-
-    from xen9p_common.p9 import Qid
-    from xen9p_worker.shared.device_state import DeviceState
-    from xen9p_worker.fids import FID_FILE, FID_PATH, FidEntry
-    name = f"xen9p-test-{uuid.uuid4().hex[:12]}"
-    ds = DeviceState.create(name, max_fids=8, max_open_files=0, max_space_mb=0, export="/tmp",
-                            security_model="none", msize_cap=8192, num_rings=2)
-    other = DeviceState.attach(name)
-    try:
+    with attached_pair(max_fids=8) as (ds, other):
         q = Qid(0, 0, 1)
         ds.fids.add(1, FidEntry(FID_PATH, b"d/f", q, 0))
         ds.fids.add(2, FidEntry(FID_FILE, b"d/f", q, 0, holder_pid=7, holder_fd=9))
@@ -166,7 +151,3 @@ def test_open_files_at_and_the_reclaimed_mark_are_device_wide():
         assert not other.fids.reclaimed()
         ds.fids.mark_reclaimed()
         assert other.fids.reclaimed()
-    finally:
-        other.close()
-        ds.close()
-        ds.unlink()

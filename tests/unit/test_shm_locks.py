@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import threading
-import uuid
 
 import pytest
 
 from xen9p_common.p9.constants import LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK, LOCK_TYPE_WRLCK
-from xen9p_worker.shared.device_state import DeviceState
 from xen9p_worker.locks import INF
+from tests.shm_states import attached_pair
 
 KEY = (64769, 1234)
 A, B = ("guest", 1), ("guest", 2)
@@ -16,14 +15,8 @@ A, B = ("guest", 1), ("guest", 2)
 
 @pytest.fixture
 def pair():
-    name = f"xen9p-test-{uuid.uuid4().hex[:12]}"
-    ds = DeviceState.create(name, max_fids=4, max_open_files=0, max_space_mb=0, export="/tmp",
-                            security_model="none", msize_cap=8192, num_rings=2, lock_slots=8)
-    other = DeviceState.attach(name)
-    yield ds.locks, other.locks
-    other.close()
-    ds.close()
-    ds.unlink()
+    with attached_pair(lock_slots=8) as (ds, other):
+        yield ds.locks, other.locks
 
 
 def test_conflicts_across_attachments(pair):

@@ -37,30 +37,8 @@ class Perm:
         return cls(s[0], int(s[1:]))
 
 
-class Transaction(abc.ABC):
-    """The same read/write calls as XenStore, inside one transaction."""
-
-    @abc.abstractmethod
-    def read(self, path: str) -> str | None: ...
-
-    @abc.abstractmethod
-    def write(self, path: str, value: str) -> None: ...
-
-    @abc.abstractmethod
-    def mkdir(self, path: str) -> None: ...
-
-    @abc.abstractmethod
-    def rm(self, path: str) -> None: ...
-
-    @abc.abstractmethod
-    def list(self, path: str) -> list[str]: ...
-
-    @abc.abstractmethod
-    def set_perms(self, path: str, perms: Sequence[Perm]) -> None: ...
-
-
-class XenStore(abc.ABC):
-    """A connection to xenstored. Every call that waits takes or uses a timeout.
+class NodeAccess(abc.ABC):
+    """The node calls of a xenstore connection and of a transaction on it.
 
     read() returns None for a missing node; other failures raise XenStoreError.
     """
@@ -82,10 +60,18 @@ class XenStore(abc.ABC):
         """Children of path; [] if it has none; XenStoreError(ENOENT) if missing."""
 
     @abc.abstractmethod
-    def get_perms(self, path: str) -> list[Perm]: ...
+    def set_perms(self, path: str, perms: Sequence[Perm]) -> None: ...
+
+
+class Transaction(NodeAccess):
+    """The same node calls as XenStore, inside one transaction."""
+
+
+class XenStore(NodeAccess):
+    """A connection to xenstored. Every call that waits takes or uses a timeout."""
 
     @abc.abstractmethod
-    def set_perms(self, path: str, perms: Sequence[Perm]) -> None: ...
+    def get_perms(self, path: str) -> list[Perm]: ...
 
     @abc.abstractmethod
     def transaction(self, fn: Callable[[Transaction], T], retries: int = 16) -> T:
