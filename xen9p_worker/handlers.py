@@ -227,3 +227,6 @@ INLINE = frozenset({M.Tversion, M.Tauth, M.Tattach, M.Twalk, M.Tclunk, M.Tgetatt
                     M.Treadlink, M.Txattrwalk, M.Txattrcreate, M.Tlock, M.Tgetlock, M.Tstat,
                     M.Tlcreate, M.Tmkdir, M.Tsymlink, M.Tlink, M.Tmknod, M.Trename, M.Trenameat,
                     M.Tunlinkat, M.Tremove})
+# Requests that add a name. With max-files (or auto-delete) they may first walk the whole export
+# to count it (quota.py), which must not stall a ring's loop: ring workers serve them on the pool then.
+ADDS_NAMES = frozenset({M.Tlcreate, M.Tmkdir, M.Tsymlink, M.Tlink, M.Tmknod})

@@ -51,9 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _server(args, ds):
-    from xen9p_common.p9 import messages as M
-
-    from . import handlers
     from .backend.local import LocalBackend
     from .dispatch import Limits, Server
 
@@ -62,10 +59,25 @@ def _server(args, ds):
     limits = Limits(ds.max_fids, ds.max_open_files or None,
                     ds.max_space_mb * (1 << 20) if ds.max_space_mb else None)
     backend = LocalBackend(args.export, args.security_model, qid_store=ds.qids, readonly=ds.readonly)
-    # Tread may start on the loop: the ring worker's alloc never waits there (BlockingIOError
-    # sends it to the pool), and t_read serves only page-cached data inline (RWF_NOWAIT).
     return Server(backend, msize_cap=ds.msize_cap or MSIZE_CAP, pool_size=args.threads, limits=limits,
-                  locks=ds.locks, inline_ops=handlers.INLINE | {M.Tread})
+                  locks=ds.locks, inline_ops=inline_ops(ds.max_files, ds.auto_delete))
+
+
+def inline_ops(max_files: int, auto_delete: bool) -> frozenset:
+    """What a ring worker serves on its loop (dispatch's `inline_ops`).
+
+    Tread may start there: the ring worker's alloc never waits on the loop (BlockingIOError
+    sends it to the pool), and t_read serves only page-cached data inline (RWF_NOWAIT).
+    Requests that add a name go to the pool when the device counts its names (max-files,
+    auto-delete): admitting one may walk the whole export.
+    """
+    from xen9p_common.p9 import messages as M
+
+    from . import handlers
+    ops = handlers.INLINE | {M.Tread}
+    if max_files or auto_delete:
+        ops -= handlers.ADDS_NAMES
+    return frozenset(ops)
 
 
 def main(argv=None) -> int:

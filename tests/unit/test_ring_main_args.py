@@ -20,3 +20,16 @@ def test_bad_worker_arguments_exit_2(extra, env, needle):
     r = subprocess.run([sys.executable, "-m", "xen9p_worker"] + BASE + extra, capture_output=True, text=True,
                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, **env), timeout=60)
     assert r.returncode == 2 and needle in r.stderr
+
+
+def test_requests_that_add_names_leave_the_loop_when_the_device_counts_names():
+    """max-files may walk the whole export to admit one create: never on a ring's loop."""
+    from xen9p_common.p9 import messages as M
+    from xen9p_worker import handlers
+    from xen9p_worker.ring_main import inline_ops
+
+    free = inline_ops(0, False)
+    assert handlers.ADDS_NAMES <= free and M.Tread in free and M.Tunlinkat in free
+    for counted in (inline_ops(1000, False), inline_ops(0, True)):
+        assert not handlers.ADDS_NAMES & counted
+        assert M.Twalk in counted and M.Tunlinkat in counted and M.Tread in counted
