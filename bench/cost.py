@@ -25,17 +25,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import psutil
-
+from .families.peers import MSIZE as SOCKET_MSIZE  # diod's cap; both socket targets run at it
+from .families.ring import MSIZE as RING_MSIZE
 from .fixtures import build_export, op_params
 from .loadgen import LoadPool
+from .measure import cpu_split
 from .probes import PySpy, Strace, pyspy_missing, strace_missing
 from .profile import FULL
-from .targets import RingDevice, SocketServer, TargetError
+from .targets import SocketServer, TargetError, open_ring
 
-NOTAG = 0xFFFF
-RING_MSIZE = 512 * 1024 + 24
-SOCKET_MSIZE = 65536  # diod's cap; both socket targets run at it
 OPS = {"getattr": ("getattr", 0), "walkclunk": ("walkclunk", 0), "create": ("createwriteunlink", 0),
        "readdir": ("readdir", 0), "read4k": ("read", 4096), "write4k": ("write", 4096),
        "read512k": ("read", 512 * 1024)}  # read512k: the ring target only (socket msize is 64 KiB)
@@ -95,46 +93,28 @@ class Figure:
     note: str = ""
 
 
-def _cpu(pids: list[int]) -> tuple[float, float]:
-    u = s = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-        except psutil.Error:
-            continue
-        u, s = u + t.user, s + t.system
-    return u, s
-
-
 class Target:
     """A running server and a load pool on it (n channels), version and attach done."""
 
     def __init__(self, kind: str, base: Path, export: Path, channels: int) -> None:
         self.kind = kind
         if kind == "ring":
-            self.dev = RingDevice(base, export, channels)
-            self.pool = LoadPool(self.dev.specs, tag_stride=channels, timeout=60.0)
-            try:
-                self.dev.start_workers(self.pool.call_all("port"))
-                self.msize = self.pool.call(NOTAG % channels, "version", RING_MSIZE)
-                self.pool.call(0, "attach", ("", "root"))
-            except BaseException:
-                self.close()
-                raise
-            self.pids, self.alive = self.dev.pids, self.dev.dead_reason
+            self.dev, self.pool = open_ring(base, export, channels, RING_MSIZE)
+            self.name, self.msize = "ring", self.dev.msize
             self.extra: dict = {}
         else:
             self.dev = SocketServer(kind, base, export)
+            self.name = self.dev.name
             self.pool = LoadPool(self.dev.channels(channels), tag_stride=1)
+            self.pool.server_dead = self.dev.dead_reason
             try:
                 self.msize = min(self.pool.call_all("version", SOCKET_MSIZE))
                 self.pool.call_all("attach", (self.dev.aname, "root"))
             except BaseException:
                 self.close()
                 raise
-            self.pids, self.alive = self.dev.pids, self.dev.dead_reason
             self.extra = {"remove": True}  # diod has no Tunlinkat: Twalk + Tremove on both
-        self.pool.server_dead = self.alive
+        self.pids = self.dev.pids
 
     def close(self) -> None:
         self.pool.close()
@@ -162,13 +142,11 @@ def _go(t: Target, op: str, depth: int, params: dict, duration: float, probe=Non
 def measure(t: Target, fx: dict, name: str, depth: int, duration: float, work: Path, label: str) -> Figure:
     op, size = OPS[name]
     params = {**op_params(fx, op, size, t.msize), **t.extra}
-    fig = Figure(t.kind if t.kind != "xen9p" else "xen9p socket", name, label)
-    if t.kind == "diod":
-        fig.target = "diod (C)"
+    fig = Figure(t.name, name, label)
     per = size if op in ("read", "write") else 1  # bytes ops count bytes: per op = per request
-    u0, s0 = _cpu(t.pids)
+    u0, s0 = cpu_split(t.pids)
     units, wall, _ = _go(t, op, depth, params, duration)
-    u1, s1 = _cpu(t.pids)
+    u1, s1 = cpu_split(t.pids)
     n = units / per
     if not n:
         fig.note = "no operation completed"
@@ -272,7 +250,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     md = render(figs) + "".join(f"\nskipped: {s}" for s in skipped)
-    head = f"# cost profile {stamp}\n\n`python -m bench.cost {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+    args_text = " ".join(argv if argv is not None else sys.argv[1:])
+    head = f"# cost profile {stamp}\n\n`python -m bench.cost {args_text}`\n\n"
     (args.out / f"cost-{stamp}.md").write_text(head + md)
     (args.out / f"cost-{stamp}.json").write_text(json.dumps({"figures": [asdict(f) for f in figs],
                                                              "skipped": skipped}, indent=1))

@@ -43,15 +43,20 @@ class Row:
         return asdict(self)
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of the processes, summed (a gone process counts nothing)."""
+    user = system = 0.0
     for pid in pids:
         try:
             t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
         except psutil.Error:
-            pass
-    return total
+            continue
+        user, system = user + t.user, system + t.system
+    return user, system
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_split(pids))
 
 
 def max_rss_mb(pids: list[int]) -> float:

@@ -16,6 +16,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from .targets import stop_process
+
 ATTACH_DEADLINE = 10.0
 
 # One row of `strace -c`: % time, seconds, usecs/call, calls, [errors], syscall.
@@ -57,13 +59,8 @@ def _traced(tid: int) -> bool:
 
 
 def _stop(proc: subprocess.Popen, what: str) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+    """SIGINT makes strace and py-spy write what they gathered; one that must be killed wrote nothing."""
+    if stop_process(proc, grace=30, sig=signal.SIGINT) == -signal.SIGKILL:
         raise RuntimeError(f"{what} did not stop on SIGINT")
 
 

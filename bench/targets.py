@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .loadgen import ChannelSpec
+from .loadgen import ChannelSpec, LoadPool
 
 DIOD = "/usr/sbin/diod"
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +39,10 @@ def wait_for(cond, deadline: float, what: str, proc: subprocess.Popen | None = N
         time.sleep(0.02)
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> int | None:
+def stop_process(proc: subprocess.Popen, grace: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+    """Ask with `sig`, SIGKILL after `grace` seconds; the exit status (-9 when it had to be killed)."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -265,3 +266,23 @@ class RingDevice:
             self.ds.close()
             self.ds.unlink()
             self.ds = None
+
+
+def open_ring(base: Path, export: Path, n: int, msize: int):
+    """A RingDevice of n rings with its workers serving, and a load pool (one process per ring)
+    that negotiated `msize` and attached: (device, pool). device.msize is what was granted."""
+    dev = RingDevice(base, export, n)
+    pool = None
+    try:
+        pool = LoadPool(dev.specs, tag_stride=n, timeout=60.0)
+        dev.start_workers(pool.call_all("port"))
+        pool.server_dead = dev.dead_reason
+        # Tversion travels on ring NOTAG % n (as Linux's), Tattach on ring 0; fids are device-wide.
+        dev.msize = pool.call(0xFFFF % n, "version", msize)
+        pool.call(0, "attach", ("", "root"))
+        return dev, pool
+    except BaseException:
+        if pool is not None:
+            pool.close()
+        dev.close()
+        raise

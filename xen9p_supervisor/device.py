@@ -235,11 +235,11 @@ class Device:
         model = pol.security_model or model
         auto_delete = opt("auto-delete", 1)
         self.limits = DeviceLimits(max_fids=cfg.max_fids,
-                             max_open_files=opt("max-open-files") or pol.max_open_files or cfg.max_open_files,
-                             max_space_mb=_first(opt("max-space"), pol.max_space),
-                             max_files=_first(opt("max-files"), pol.max_files),
-                             auto_delete=not pol.readonly and bool(_first(auto_delete, pol.auto_delete)),
-                             readonly=pol.readonly)
+                                   max_open_files=opt("max-open-files") or pol.max_open_files or cfg.max_open_files,
+                                   max_space_mb=_first(opt("max-space"), pol.max_space),
+                                   max_files=_first(opt("max-files"), pol.max_files),
+                                   auto_delete=not pol.readonly and bool(_first(auto_delete, pol.auto_delete)),
+                                   readonly=pol.readonly)
         self.export, self.security_model = path, model
         if pol != policy.Resolved():
             self.info("export policy: %s", ", ".join(f"{k}={v}" for k, v in vars(pol).items() if v is not None))

@@ -39,8 +39,7 @@ PENDING = handlers.PENDING
 # Run on the transport's thread, they finish before that thread can take a Tflush or a
 # cancel, so they skip the in-flight table and its lock (the hot path of small ops).
 SYNC_INLINE = frozenset({M.Tgetattr, M.Twalk, M.Tclunk, M.Tstatfs, M.Treadlink, M.Txattrwalk,
-                         M.Tgetlock, M.Tattach, M.Tauth, M.Txattrcreate, M.Tstat, M.Tlcreate, M.Tmkdir,
-                         M.Tsymlink, M.Tlink, M.Tmknod, M.Trename, M.Trenameat, M.Tunlinkat, M.Tremove})
+                         M.Tgetlock, M.Tattach, M.Tauth, M.Txattrcreate, M.Tstat}) | handlers.NAMESPACE
 ENAME_MAX = 64  # Rerror text bytes at most (xen-9pfsd caps at 80; Unikraft reads small replies into 1 KiB)
 
 

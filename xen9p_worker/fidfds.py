@@ -117,7 +117,7 @@ def iounit(s, blksize: int = 0) -> int:
 
 def statfs_scale(s, f_bsize: int) -> int:
     """How many host blocks make one Rstatfs block: the iounit's worth (QEMU scales the same way)."""
-    return max(1, (s.msize - M.IOHDRSZ) // f_bsize) if f_bsize > 0 else 1
+    return max(1, iounit(s, f_bsize) // f_bsize) if f_bsize > 0 else 1
 
 
 def clunk_all(s) -> None:

@@ -16,7 +16,8 @@ from xen9p_common.p9 import messages as M
 from xen9p_common.p9 import constants as C
 
 from .fdcache import ROLE_PATH
-from .fidfds import any_slot, clunk_all, drop_fds, fs, iounit, path_entry, path_slot, release, statfs_scale  # noqa: F401
+from .fidfds import (any_slot, clunk_all, drop_fds, fs, iounit, path_entry, path_slot, release,  # noqa: F401
+                     statfs_scale)
 from .fids import FID_PATH, FID_XATTR_READ, FID_XATTR_WRITE, FidEntry
 from .handlers_create import t_create
 from .handlers_io import t_fsync, t_lcreate, t_lopen, t_read, t_readdir, t_write
@@ -223,10 +224,10 @@ TABLE[M.Tcreate] = t_create
 # and a loop wakeup for the reply (bench/cost.py: 5 such hops made a file's create+write+unlink
 # 3-4x diod's CPU). Data (Tread beyond the page cache, Twrite, Tfsync, Treaddir), Tsetattr (a
 # truncate frees blocks) and Tlopen (O_TRUNC) stay on the pool.
-INLINE = frozenset({M.Tversion, M.Tauth, M.Tattach, M.Twalk, M.Tclunk, M.Tgetattr, M.Tstatfs,
-                    M.Treadlink, M.Txattrwalk, M.Txattrcreate, M.Tlock, M.Tgetlock, M.Tstat,
-                    M.Tlcreate, M.Tmkdir, M.Tsymlink, M.Tlink, M.Tmknod, M.Trename, M.Trenameat,
-                    M.Tunlinkat, M.Tremove})
 # Requests that add a name. With max-files (or auto-delete) they may first walk the whole export
 # to count it (quota.py), which must not stall a ring's loop: ring workers serve them on the pool then.
 ADDS_NAMES = frozenset({M.Tlcreate, M.Tmkdir, M.Tsymlink, M.Tlink, M.Tmknod})
+# The namespace changes served inline; each answers before its handler returns.
+NAMESPACE = ADDS_NAMES | {M.Trename, M.Trenameat, M.Tunlinkat, M.Tremove}
+INLINE = frozenset({M.Tversion, M.Tauth, M.Tattach, M.Twalk, M.Tclunk, M.Tgetattr, M.Tstatfs,
+                    M.Treadlink, M.Txattrwalk, M.Txattrcreate, M.Tlock, M.Tgetlock, M.Tstat}) | NAMESPACE

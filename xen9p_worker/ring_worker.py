@@ -41,8 +41,8 @@ import errno
 import gc
 import logging
 import os
-import socket
 import select
+import socket
 import struct
 import threading
 import time

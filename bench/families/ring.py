@@ -4,13 +4,12 @@ For each ring count: one device, its workers, one load process per ring; every o
 """
 from __future__ import annotations
 
-from ..loadgen import LoadError, LoadPool
+from ..loadgen import LoadError
 from ..runner import Context, op_matrix, run_matrix
-from ..targets import RingDevice, TargetError, ring_missing
+from ..targets import TargetError, open_ring, ring_missing
 
 NAME = "ring"
 MSIZE = 512 * 1024 + 24  # the worker's cap: a whole 512 KiB Tread fits (ring order 9: 1 MiB per half)
-NOTAG = 0xFFFF
 RESTARTS = 3  # fresh devices per ring count after a worker died, so one failure voids one figure only
 
 
@@ -18,23 +17,6 @@ def missing(ctx: Context) -> str | None:
     return ring_missing()
 
 
-def _device(ctx: Context, n: int) -> tuple[RingDevice, LoadPool]:
-    dev = RingDevice(ctx.base, ctx.export, n)
-    pool = None
-    try:
-        pool = LoadPool(dev.specs, tag_stride=n, timeout=60.0)
-        dev.start_workers(pool.call_all("port"))
-        pool.server_dead = dev.dead_reason
-        # Tversion travels on ring NOTAG % n (as Linux's), Tattach on ring 0; fids are device-wide.
-        msize = pool.call(NOTAG % n, "version", MSIZE)
-        pool.call(0, "attach", ("", "root"))
-        dev.msize = msize
-        return dev, pool
-    except BaseException:
-        if pool is not None:
-            pool.close()
-        dev.close()
-        raise
 
 
 def _one(ctx: Context, n: int) -> None:
@@ -43,7 +25,7 @@ def _one(ctx: Context, n: int) -> None:
     restarts = 0
     while work:
         try:
-            dev, pool = _device(ctx, n)
+            dev, pool = open_ring(ctx.base, ctx.export, n, MSIZE)
         except (TargetError, LoadError) as e:
             ctx.skip(NAME, f"{n} rings", f"device did not start: {e}")
             return
