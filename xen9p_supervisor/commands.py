@@ -170,20 +170,32 @@ class Top(Status):
 
 @TABLE.add
 class Detach(Command):
-    """close a device: detach domN/devM
+    """close a device: detach domN/devM [--remove]
 
-    Stops the device's workers and closes it (backend Closed).
+    Stops the device's workers and closes it (backend Closed). With --remove, then removes its
+    backend and frontend nodes as libxl does on hot-unplug: the guest's device goes away and the
+    same devid can be attached again (`xen9pctl attach`).
     """
     name = "detach"
-    args = (Arg("device", positional=True),)
+    args = (Arg("device", positional=True),
+            Arg("remove", flag=True, help="also remove the device's xenstore nodes (hot-unplug, as libxl does)"))
     changes_state = True
 
     def execute(self, d, args):
         dev = find_device(d, args["device"])
         dev.fail_reason = None
-        log.info("%s: detach requested by the operator", dev.name)
+        log.info("%s: detach requested by the operator%s", dev.name, " (remove)" if args.get("remove") else "")
         dev.feed(Event.BACKEND_OFFLINE)
-        return {"device": dev.name, "state": str(dev.state)}
+        if not args.get("remove"):
+            return {"device": dev.name, "state": str(dev.state)}
+        # Closed is written (the feed above runs the teardown at once); the frontend's dir goes first
+        # so the guest never sees a frontend whose backend vanished. The watch then releases the device.
+        for path in (dev.fe, dev.be):
+            try:
+                d.xs.rm(path)
+            except XenStoreError as e:
+                raise CommandError("detach-failed", f"{dev.name} closed, but removing {path} failed: {e}") from None
+        return {"device": dev.name, "state": str(dev.state), "removed": [dev.fe, dev.be]}
 
 
 @TABLE.add

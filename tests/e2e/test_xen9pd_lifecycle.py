@@ -9,11 +9,19 @@ import signal
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from tests.e2e.xen9pd_helpers import ROOT, Guest, Xen9pd, env_for_children, procs_with
 from tests.waiting import wait_for
 from xen9p_supervisor import toolstack
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.fixture
@@ -52,6 +60,34 @@ def test_attach_serve_detach_reattach(sim, daemon, tmp_path):
     assert "dom3/dev0: Connected" in daemon.logs()
 
 
+def test_xen9pctl_detach_remove_then_reattach_the_same_devid(sim, daemon, tmp_path):
+    """The operator's hot-unplug: `xen9pctl detach --remove` closes the device and removes its nodes like
+    libxl, so the guest's frontend goes away and `xen9pctl attach` of the same devid starts afresh."""
+    tmp, xs = sim
+    g = Guest(xs, 6).attach(tmp, tag="first")
+    g.connect(2)
+    pids = [r["pid"] for r in daemon.device("dom6/dev0")["rings"]]
+    r = daemon.request("detach", {"device": "dom6/dev0", "remove": True}, timeout=10)
+    assert r and r["ok"], r
+    assert r["result"]["removed"] == [g.fe, g.be]
+    assert xs.read(g.be) is None and xs.read(g.fe) is None
+    wait_for(lambda: daemon.device("dom6/dev0") is None, 10, "device released after its nodes went")
+    wait_for(lambda: not any(_alive(p) for p in pids), 10, "dom6 workers gone")
+    # Without --remove the nodes stay (backend Closed) and an attach of the same devid is refused.
+    r = daemon.request("attach", {"domid": 6, "devid": 0, "path": tmp, "tag": "again"}, timeout=10)
+    assert r and r["ok"], r
+    g.connect(2)
+    assert daemon.device("dom6/dev0")["tag"] == "again"
+    r = daemon.request("detach", {"device": "dom6/dev0"}, timeout=10)
+    assert r and r["ok"] and "removed" not in r["result"]
+    g.wait_be(6)
+    r = daemon.request("attach", {"domid": 6, "devid": 0, "path": tmp, "tag": "third"}, timeout=10)
+    assert r and not r["ok"] and r["error"]["code"] == "attach-failed" and "already exists" in r["error"]["message"]
+    # An unknown device is a clear error, nothing removed.
+    r = daemon.request("detach", {"device": "dom6/dev9", "remove": True}, timeout=10)
+    assert r and not r["ok"] and xs.read(g.be + "/state") == "6"
+
+
 def test_eight_devices_at_once(sim, daemon):
     tmp, xs = sim
     guests = [Guest(xs, 10 + i).attach(tmp, tag=f"t{i}") for i in range(8)]
@@ -79,9 +115,7 @@ def test_release_domain_tears_down(sim, daemon):
     other.connect(1)
     xs.release_domain(4)
     wait_for(lambda: daemon.device("dom4/dev0") is None, 10, "dom4 device released")
-    import psutil
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                             for p in pids), 10, "dom4 workers gone")
+    wait_for(lambda: not any(_alive(p) for p in pids), 10, "dom4 workers gone")
     assert daemon.device("dom5/dev0")["state"] == "connected"
     assert "dom4/dev0: released (domain_released)" in daemon.logs()
     # A new backend makes xen9pd rescan: the dead domain's leftover backend dir (nothing removed it)
@@ -119,7 +153,6 @@ def test_xen9pctl_status_json_shows_every_ring(sim, daemon):
     rings = {r["name"]: r for d in st["devices"] for r in d["rings"]}
     assert set(rings) == {"dom6/dev0/ring0", "dom6/dev0/ring1", "dom7/dev0/ring0", "dom7/dev0/ring1",
                           "dom7/dev0/ring2"}
-    import psutil
     for r in rings.values():
         assert psutil.pid_exists(r["pid"])
         assert r["cpu"] in st["daemon"]["cpus"]

@@ -47,7 +47,9 @@ def test_the_cli_parser_is_built_from_the_table():
 
 def test_requests_carry_the_declared_arguments(tmp_path):
     ap = xen9pctl.build_parser()
-    assert TABLE["detach"].request(ap.parse_args(["detach", "dom1/dev0"])) == ("detach", {"device": "dom1/dev0"})
+    assert TABLE["detach"].request(ap.parse_args(["detach", "dom1/dev0"])) == ("detach", {"device": "dom1/dev0",
+                                                                                          "remove": False})
+    assert TABLE["detach"].request(ap.parse_args(["detach", "--remove", "dom1/dev0"]))[1]["remove"] is True
     assert TABLE["top"].request(ap.parse_args(["top"])) == ("status", {})
     assert TABLE["metrics"].request(ap.parse_args(["metrics", "--watch"])) == ("metrics", {})
     ns = ap.parse_args(["attach", "--domid", "3", "--path", str(tmp_path), "--tag", "t", "--max-files", "9",

@@ -5,7 +5,7 @@
 # installed xen9pd against the real hypervisor in dom0, print a summary; exit 0 only if every check passed.
 #   env: XEN9P_CACHE (image cache), XEN9P_REALXEN_RUN_DIR (default /var/tmp/xen9p-realxen/run-<time>),
 #        XEN9P_REALXEN_CASES (default for 4.17 "platform qemu_xen9p xen9p_9pfs", its CI run "platform xen9p_only";
-#        for 4.20 "platform xl_xen9pd vs_9pfsd", its CI run "xl_xen9pd"), XEN9P_RESTART=0 (no xen9pd restart in xl_xen9pd),
+#        for 4.20 "platform xl_xen9pd vs_9pfsd hotattach", its CI run "xl_xen9pd"), XEN9P_RESTART=0 (no xen9pd restart in xl_xen9pd),
 #        XEN9P_REALXEN_TIMEOUT (wall-clock seconds per boot, default 5400), XEN9P_REBUILD=1,
 #        dom0 knobs: XEN9P_DOMU_EXTRA (domU kernel args, e.g. "p9steps=fio"), XEN9P_TAG_BUDGET (s per tag,
 #        1500), XEN9P_DOMU_STALL (s of domU console silence = stall, 600), XEN9P_READY_TIMEOUT (120)
@@ -13,7 +13,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/../../.." && pwd)
 export XEN9P_XEN_SUITE=${XEN9P_XEN_SUITE:-bookworm}
-case $XEN9P_XEN_SUITE in trixie) DEFAULT_CASES="platform xl_xen9pd vs_9pfsd";; *) DEFAULT_CASES="platform qemu_xen9p xen9p_9pfs";; esac
+case $XEN9P_XEN_SUITE in trixie) DEFAULT_CASES="platform xl_xen9pd vs_9pfsd hotattach";; *) DEFAULT_CASES="platform qemu_xen9p xen9p_9pfs";; esac
 CASES=${XEN9P_REALXEN_CASES:-$DEFAULT_CASES}
 RUN=${XEN9P_REALXEN_RUN_DIR:-/var/tmp/xen9p-realxen/run-$(date +%Y%m%d-%H%M%S)}
 T0=$SECONDS

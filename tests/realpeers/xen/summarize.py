@@ -79,7 +79,7 @@ def summarize(run_dir: Path, cases: list[str]) -> tuple[bool, str, dict]:
     for b in boots:
         lines.append(f"boot attempt {b['attempt']}: {b['outcome']} in {b['wall_s']}s (qemu rc {b['qemu_rc']})")
     for k in sorted(timings):
-        if k.endswith(("xl_create_s", "run_s", "total_s")) or k.startswith(("stage_", "platform", "xenstore", "restart", "install")):
+        if k.endswith(("xl_create_s", "run_s", "total_s")) or k.startswith(("stage_", "platform", "xenstore", "restart", "before_restart", "install", "hotattach_")):
             lines.append(f"  time {k} = {timings[k]}")
     # xen9p vs QEMU in the same domU, same workload.
     lines += side_by_side(timings, "same domU, same workload: seconds (QEMU backend | xen9p)",

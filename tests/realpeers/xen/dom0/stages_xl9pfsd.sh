@@ -68,11 +68,26 @@ restart_watch() {  # NAME DOMID
     echo $XEN9PD > /tmp/xen9pd.pid  # the stage stops this one, answering or not
     [ $rc = 0 ] || return
     timing restart_daemon_away_s $(since $t0)
+    # The guest's slowest create in the block(s) of 250 the daemon was away in (its progress lines).
+    echo "$(grep -c 'P9T progress xa create' $f)" > /tmp/restart-blocks
     after=$(workers)
     [ "$after" = "$before" ] && check restart:adopted PASS "same workers [$after]; daemon away $(since $t0)s" \
         || check restart:adopted FAIL "before [$before] after [$after]"
     check_node_held restart
     timeout 30 $XCTL --timeout 30 --json status > $R/restart-xen9pctl-status.json 2>&1
+}
+
+# What the guest waited while xen9pd was away: its slowest create in the blocks of 250 that the
+# away window spanned (block 2 up to the one in progress when the new daemon answered), beside block 1.
+restart_latency() {
+    [ -f /tmp/restart-blocks ] || return 0
+    local last=$(( $(cat /tmp/restart-blocks) + 1 )) ms
+    rm -f /tmp/restart-blocks
+    ms=$(tr -d '\r' < $R/xl_xen9pd-console.log | awk -v last=$last '/^P9T progress xa create/ {
+        n++; split($6, a, "="); if (n == 1) b = a[2]; else if (n <= last && a[2] > m) m = a[2] }
+        END { print m + 0, b + 0 }')
+    timing restart_guest_slowest_create_ms ${ms% *}; timing before_restart_slowest_create_ms ${ms#* }
+    log "restart: the guest's slowest create while xen9pd was away (blocks 2..$last of 250 creates): ${ms% *} ms; block 1 (before): ${ms#* } ms"
 }
 
 stage_xl_xen9pd() {
@@ -87,6 +102,7 @@ stage_xl_xen9pd() {
     run_domu $N xa,xb "'tag=xa,path=/srv/xa,security_model=none,type=xen_9pfsd,max-files=5000,max-open-files=64,max-space=256,auto-delete=0', 'tag=xb,security_model=none,type=xen_9pfsd,max-files=12,max-open-files=4,max-space=2,auto-delete=1'"
     [ -f /tmp/xen9pd.pid ] && XEN9PD=$(cat /tmp/xen9pd.pid) && rm -f /tmp/xen9pd.pid
     id=$LAST_DOMID
+    restart_latency
     # xl destroy (run_domu did it at P9T DONE): nothing of the domU's devices may remain.
     check $N:destroy-no-backend $(verdict until_true 60 gone_backend $id) "backend/xen_9pfs/$id"
     check $N:destroy-no-worker $(verdict until_true 60 no_workers) "workers left: [$(workers)]"
@@ -135,4 +151,53 @@ stage_vs_9pfsd() {
 xen9p_serves_hook() {  # NAME DOMID: libxl used xen9pd, started no xen-9pfsd
     [ -z "$(peer_pids)" ] && [ "$(node_pid)" = "$XEN9PD" ] && check $1:libxl-spawned-no-xen-9pfsd PASS "" \
         || check $1:libxl-spawned-no-xen-9pfsd FAIL "xen-9pfsd [$(peer_pids)] node pid [$(node_pid)]"
+}
+
+# Hot-attach to a running Linux domU (booted with no 9pfs device, `p9hot`): `xen9pctl attach`, the guest
+# mounts and serves, `xen9pctl detach --remove` (round 1) and libxl's own path (round 2: online=0 +
+# state=5 in one transaction, wait for Closed, remove both dirs) take it away, and it is attached again.
+hot_attach() {  # N DOMID ROUND
+    local t0=$(up) f=/var/log/xen/console/guest-$1.log
+    if timeout 60 $XCTL --timeout 30 attach --domid $2 --devid 0 --path /srv/hot --tag hot > $R/$1-attach-$3.log 2>&1; then
+        check hotattach:attach-running-$3 PASS "$(tail -1 $R/$1-attach-$3.log | cut -c1-120)"
+    else check hotattach:attach-running-$3 FAIL "$(tail -2 $R/$1-attach-$3.log | tr '\n' ' ')"; return 1; fi
+    until_true 600 grep -q "P9T HOT SERVED $3" $f || { check hotattach:served-$3 FAIL "no SERVED $3 in 600 s"; return 1; }
+    check hotattach:served-$3 PASS "attach to served in $(since $t0)s"; timing hotattach_round$3_s $(since $t0)
+}
+hot_gone() {  # N DOMID ROUND: the guest saw its device go; nothing of it is left in dom0
+    local f=/var/log/xen/console/guest-$1.log
+    until_true 300 grep -q "P9T HOT GONE $3" $f || { check hotattach:guest-saw-removal-$3 FAIL "no GONE $3 in 300 s"; return 1; }
+    check hotattach:removed-$3 $(verdict until_true 60 gone_backend $2) "backend/xen_9pfs/$2/0"
+    check hotattach:no-worker-$3 $(verdict until_true 60 no_workers) "workers left: [$(workers)]"
+    check hotattach:no-shm-$3 $(verdict until_true 30 no_segments $2) "$(ls /dev/shm | grep xen9p-ds- | tr '\n' ' ')"
+}
+hot_watch() {  # N DOMID
+    local N=$1 id=$2 be=/local/domain/0/backend/xen_9pfs/$2/0 fe=/local/domain/$2/device/9pfs/0 t0 st
+    until_true 600 grep -q "P9T HOT READY" /var/log/xen/console/guest-$N.log \
+        || { check hotattach:guest-booted FAIL "no HOT READY in 600 s"; return; }
+    hot_attach $N $id 1 || return
+    t0=$(up)
+    timeout 60 $XCTL --timeout 30 detach --remove dom$id/dev0 > $R/$N-detach-1.log 2>&1 \
+        && check hotattach:xen9pctl-detach-remove PASS "in $(since $t0)s: $(tail -1 $R/$N-detach-1.log | cut -c1-120)" \
+        || check hotattach:xen9pctl-detach-remove FAIL "$(tail -2 $R/$N-detach-1.log | tr '\n' ' ')"
+    hot_gone $N $id 1 || return
+    hot_attach $N $id 2 || return
+    # libxl's detach, as libxl__initiate_device_generic_remove does it: it waits 10 s for Closed.
+    t0=$(up); xenstore-write $be/online 0 $be/state 5
+    if until_true 10 sh -c "[ \"\$(xenstore-read $be/state)\" = 6 ]"; then
+        check hotattach:libxl-offline-answered PASS "backend Closed $(since $t0)s after online=0 + state=5"
+    else check hotattach:libxl-offline-answered FAIL "state [$(xenstore-read $be/state 2>&1)] 10 s after online=0"; fi
+    xenstore-rm $fe; xenstore-rm $be
+    hot_gone $N $id 2 || return
+    hot_attach $N $id 3 || return
+    timeout 60 $XCTL --timeout 30 detach --remove dom$id/dev0 > $R/$N-detach-3.log 2>&1
+    hot_gone $N $id 3
+}
+stage_hotattach() {
+    local N=hotattach
+    start_xen9pd xen_9pfs $N || return
+    mkdir -p /srv/hot; rm -f /srv/hot/r*.txt; echo "hello hot" > /srv/hot/hello.txt
+    DOMU_ARGS="p9hot" DOMU_WATCH=hot_watch DESTROY_AT_DONE=1
+    run_domu $N hot ""
+    stop_xen9pd INT
 }
