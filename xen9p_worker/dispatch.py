@@ -130,6 +130,10 @@ class Session:
         # client that reuses the tag the moment it has the reply (Linux does) is not refused;
         # still findable, so a Tflush that raced the reply gets its Rflush after that reply.
         self._replying: dict[int, Request] = {}
+        # close() clunks every fid, but a request already running on an I/O thread may still make a
+        # fid or cache an fd after that: the last such request to end clunks again (else they leak).
+        self._running = 0
+        self._closed = False
         self.dialect_u = False
         self._epoch = -1
         self._table = handlers.TABLE
@@ -214,6 +218,7 @@ class Session:
         with self._mu:
             reqs = list(self._inflight.values())
             self._inflight.clear()
+            self._closed = True
         for r in reqs:
             if r.cancel is not None:
                 r.cancel()
@@ -272,9 +277,17 @@ class Session:
             if req.state == _DROPPED:
                 return
             req.state = _RUNNING
-        result = self._call(req, fn)
-        if result is not PENDING:
-            self.finish(req, result)
+            self._running += 1
+        try:
+            result = self._call(req, fn)
+            if result is not PENDING:
+                self.finish(req, result)
+        finally:
+            with self._mu:
+                self._running -= 1
+                last_after_close = self._closed and not self._running
+            if last_after_close:
+                handlers.clunk_all(self)  # what requests that outlived close() made
 
     def _call(self, req: Request, fn):
         """The handler's result, or the error reply (this dialect's) its exception maps to."""
