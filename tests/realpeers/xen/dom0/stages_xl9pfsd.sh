@@ -167,7 +167,7 @@ hot_attach() {  # N DOMID ROUND
 hot_gone() {  # N DOMID ROUND: the guest saw its device go; nothing of it is left in dom0
     local f=/var/log/xen/console/guest-$1.log
     until_true 300 grep -q "P9T HOT GONE $3" $f || { check hotattach:guest-saw-removal-$3 FAIL "no GONE $3 in 300 s"; return 1; }
-    check hotattach:removed-$3 $(verdict until_true 60 gone_backend $2) "backend/xen_9pfs/$2/0"
+    check hotattach:removed-$3 $(verdict until_true 60 gone_backend $2/0) "backend/xen_9pfs/$2/0"
     check hotattach:no-worker-$3 $(verdict until_true 60 no_workers) "workers left: [$(workers)]"
     check hotattach:no-shm-$3 $(verdict until_true 30 no_segments $2) "$(ls /dev/shm | grep xen9p-ds- | tr '\n' ' ')"
 }
