@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 from typing import Sequence
@@ -105,11 +106,22 @@ def cmd_guest(args: argparse.Namespace) -> int:
     reporter = threading.Thread(target=report, daemon=True) if args.progress else None
     if reporter:
         reporter.start()
+    # SIGTERM/SIGINT end the run after the workload in progress (the summary is printed as usual);
+    # a second signal interrupts at once.
+    finish = threading.Event()
+
+    def stop_after_workload(signum, frame) -> None:
+        if finish.is_set():
+            raise KeyboardInterrupt
+        finish.set()
+    old = {s: signal.signal(s, stop_after_workload) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         summary = run_guest(sim_dir, args.domid, args.tag, names, seed=args.seed, scale=args.scale,
                             msize=args.msize, timeout=args.timeout, progress=progress, on_mounted=mounted,
-                            frontend=args.frontend, rounds=args.rounds)
+                            frontend=args.frontend, rounds=args.rounds, stop=finish)
     finally:
+        for s, h in old.items():
+            signal.signal(s, h)
         stop.set()
         if reporter:
             reporter.join()
@@ -183,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale", type=int, default=1, help="multiply each workload's size")
     p.add_argument("--rounds", type=_rounds, default=1,
-                   help="run the workload list this many times; 0: until stopped (default 1)")
+                   help="run the workload list this many times; 0: until SIGTERM/SIGINT, which end it after "
+                        "the workload in progress (default 1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--progress", action="store_true", help="JSON lines: mounted, progress, summary")
     p.add_argument("action", choices=("run",))

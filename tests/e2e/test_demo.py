@@ -186,6 +186,20 @@ def test_walkthrough_by_hand(tmp_path):
         r = _run("xen9p_sim.cli", "guest", "--domid", "5", "--tag", "share", "--rounds", "-1",
                  "run", "smoke", env=env)
         assert r.returncode == 2 and "--rounds" in r.stderr
+        # --rounds 0 runs until SIGTERM, which ends it after the workload in progress, with its summary.
+        g = subprocess.Popen([sys.executable, "-m", "xen9p_sim.cli", "guest", "--domid", "5", "--tag", "share",
+                              "--rounds", "0", "--progress", "run", "smoke"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        done_ops = 0
+        for line in g.stdout:
+            done_ops = json.loads(line).get("progress", {}).get("ops", 0)
+            if done_ops > 200:  # a few smoke rounds in
+                break
+        g.send_signal(signal.SIGTERM)
+        out, err = g.communicate(timeout=60)
+        assert g.returncode == 0, err
+        summary = json.loads(out.strip().splitlines()[-1])["summary"]
+        assert summary["errors"] == 0 and summary["ops"] >= done_ops and len(summary["workloads"]) >= 1
         r = _run("xen9p_supervisor.xen9pctl", "--control", ctl, "--json", "status", env=env)
         assert r.returncode == 0, r.stderr
         devs = {d["name"]: d for d in json.loads(r.stdout)["devices"]}

@@ -183,6 +183,10 @@ class SimFrontend(MisbehaviourMixin):
         if self.transport is not None and not self.transport.closed:
             return self.transport
         self.backend_closed.clear()
+        if self.state is XenbusState.Closed:
+            # A previous guest instance unmounted and closed this device: a new probe starts over
+            # from Initialising, which the backend answers with InitWait.
+            self._switch(XenbusState.Initialising)
         self.wait_backend({XenbusState.InitWait}, fail_on=self.INITWAIT_FAIL_ON)
         try:
             count, order = self._read_features()
