@@ -85,8 +85,30 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
+def mapped_segment(pid: int, domid: int, devid: int, proc: str = "/proc") -> str | None:
+    """The name the device state segment a worker has mapped carries now, or None.
+
+    A worker's command line names the segment as it was when the worker started; an adopting xen9pd
+    renames it (to carry its pid), so after a second daemon change the name on the command line is
+    gone. The mapping follows the file: /proc/<pid>/maps shows its current name.
+    """
+    try:
+        with open(f"{proc}/{pid}/maps", "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(None, 5)  # address perms offset dev inode [path]
+        name = os.path.basename(parts[5].strip()) if len(parts) == 6 else ""
+        mt = SEGMENT.match(name)
+        if mt and (int(mt.group(1)), int(mt.group(2))) == (domid, devid):
+            return name
+    return None
+
+
 def find_workers(supervisor: str, platform: str, sim_dir: str | None, proc: str = "/proc") -> list[LiveWorker]:
-    """Live ring workers started to report to `supervisor` on this platform (and sim dir)."""
+    """Live ring workers started to report to `supervisor` on this platform (and sim dir); each one's
+    state_name is the segment it maps now (see mapped_segment), else its command line's."""
     out = []
     me = os.getpid()
     for name in os.listdir(proc):
@@ -107,8 +129,9 @@ def find_workers(supervisor: str, platform: str, sim_dir: str | None, proc: str 
         ticks = _start_ticks(pid)
         if ticks is None or not pid_alive(pid):
             continue
+        state = mapped_segment(pid, opts["domid"], opts["devid"], proc) or opts["state"]
         spec = RingSpec(opts["domid"], opts["devid"], opts["ring"], opts["ring_ref"], opts["evtchn"],
-                        opts["state"], opts["export"], opts["security_model"], opts["supervisor"])
+                        state, opts["export"], opts["security_model"], opts["supervisor"])
         out.append(LiveWorker(pid, ticks, spec, platform, sim_dir))
     return out
 

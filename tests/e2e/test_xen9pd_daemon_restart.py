@@ -106,6 +106,16 @@ def test_daemon_killed_or_restarted_mid_workload_is_invisible_to_guests(how):
         print(f"\n[{how}] daemon away {away:.2f}s (kill -> every device adopted); longest guest request "
               f"latency meanwhile {latency * 1000:.1f} ms; files verified "
               f"{sum(len(ld.files) for ld in loads)}")
+        # A second change of daemon: the adopter (which renamed the device state segments) is killed
+        # too; the next one still finds every worker's segment (by what it maps) and adopts them again.
+        new.stop(signal.SIGKILL)
+        new = world.start_daemon(on_sigterm="auto")
+        for g in guests:
+            _wait(new, lambda g=g: _serving(new, g.name), f"{g.name} adopted a second time")
+            assert _ring_pids(new, g.name) == workers[g.name]
+        assert "resuming through the journal" not in new.logs()
+        for g in guests:
+            assert g.works("after-second-adoption")
         # The adopted workers are ours now: a SIGKILLed one is restarted through the journal as usual.
         name = f"{guests[0].name}/ring0"
         pid = ring(new, name)["pid"]

@@ -108,6 +108,31 @@ def test_find_workers_matches_socket_platform_and_sim_dir(sleeper):
     assert sleeper.pid not in found(sup, "sim", "/tmp/other")
 
 
+def test_a_worker_is_matched_to_its_segment_by_what_it_maps_not_its_command_line(tmp_path):
+    """An adopting xen9pd renames the device state segment; the workers' command lines keep the name
+    they started with. The next daemon (after a crash of the adopter) must still find which segment each
+    maps, or it would restart every worker instead of adopting it."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    first = shm / "xen9p-ds-3-0-111-1"
+    first.write_bytes(b"\0" * 4096)
+    code = (f"import mmap, os, sys, time; f = open({str(first)!r}, 'r+b'); m = mmap.mmap(f.fileno(), 4096); "
+            "print('mapped', flush=True); time.sleep(60)")
+    argv = Launcher([sys.executable, "-c", code, "--"], "sim", "/tmp/simx").argv(_spec(state=first.name))
+    p = subprocess.Popen(["xen9p dom3/dev0/ring1"] + argv[1:], executable=sys.executable, stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"mapped\n"
+        wait_for(lambda: _cmdline(p.pid).startswith(b"xen9p dom3/dev0/ring1\0"), 10, "the worker's command line")
+        renamed = shm / "xen9p-ds-3-0-222-7"  # what the adopter calls it
+        os.rename(first, renamed)
+        w = [w for w in find_workers("ipc:///run/xen9p/workers.sock", "sim", "/tmp/simx") if w.pid == p.pid]
+        assert len(w) == 1 and w[0].spec.state_name == renamed.name
+        assert parse_worker_argv(["xen9p dom3/dev0/ring1"] + argv[1:])["state"] == first.name
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_adopted_process_sees_the_exit_and_signals_through_a_pidfd(sleeper):
     w = LiveWorker(sleeper.pid, _start_ticks(sleeper.pid), _spec(), "sim", "/tmp/simx")
     p = AdoptedProcess(w)
