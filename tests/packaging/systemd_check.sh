@@ -7,7 +7,8 @@
 # upgrade`; then `systemctl stop` closes every device. The checks are in systemd_inside.sh.
 #   usage (root): tests/packaging/systemd_check.sh SUITE OLD.deb NEW.deb     (SUITE: bookworm | trixie)
 #   env: XEN9P_CACHE (default /var/tmp/xen9p-cache; the roots live in $XEN9P_CACHE/systemd),
-#        XEN9P_MIRROR. Prints CHECK lines and `SYSTEMD CHECK RESULT: PASS|FAIL`; exit 0 only on PASS.
+#        XEN9P_MIRROR. Prints CHECK lines and `SYSTEMD CHECK RESULT: PASS|FAIL`; exit 0 only on PASS,
+#        2 when a tool is missing or not root, 3 when the root cannot be made (debootstrap: no mirror).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SUITE=${1:?suite}; OLD=$(readlink -f "${2:?old deb}"); NEW=$(readlink -f "${3:?new deb}")
@@ -25,7 +26,7 @@ if [ ! -e "$BASE/.ready" ]; then
     rm -rf "$BASE"; mkdir -p "$CACHE"
     echo "[systemd] debootstrap $SUITE (once; cached in $BASE)"
     debootstrap --variant=minbase --include="$PKGS" "$SUITE" "$BASE" "$MIRROR" > "$CACHE/debootstrap-$SUITE.log" 2>&1 \
-        || { echo "systemd_check: debootstrap failed, see $CACHE/debootstrap-$SUITE.log"; exit 1; }
+        || { echo "systemd_check: cannot make a $SUITE root: debootstrap failed (no mirror?), see $CACHE/debootstrap-$SUITE.log"; exit 3; }
     chroot "$BASE" apt-get clean
     touch "$BASE/.ready"
 fi
@@ -56,7 +57,8 @@ echo "[systemd] container ended (rc $?) after $((SECONDS - T0)) s"
 OUT=${XEN9P_SYSTEMD_OUT:-/var/tmp/xen9p-systemd-$SUITE}
 rm -rf "$OUT"; cp -a "$RUN/results" "$OUT"
 grep -E '^(CHECK|INFO) ' "$OUT/checks.txt" 2>/dev/null
-if [ -s "$OUT/checks.txt" ] && ! grep -q '^CHECK FAIL' "$OUT/checks.txt" && grep -q '^CHECK PASS done' "$OUT/checks.txt"; then
+# CHECK NAME PASS|FAIL DETAIL; the last one (done) says the script ran to its end.
+if [ -s "$OUT/checks.txt" ] && ! grep -q '^CHECK [^ ]* FAIL' "$OUT/checks.txt" && grep -q '^CHECK done PASS' "$OUT/checks.txt"; then
     echo "SYSTEMD CHECK RESULT: PASS ($SUITE; everything in $OUT)"; exit 0
 fi
 echo "SYSTEMD CHECK RESULT: FAIL ($SUITE; see $OUT/checks.txt, $OUT/journal.txt, $OUT/console.log)"; exit 1
