@@ -182,10 +182,12 @@ EOS
     # The workload runs once per tag: the budget is per tag (TCG on a loaded host; about 10 min seen).
     local budget=$(( ${XEN9P_TAG_BUDGET:-1500} * $(echo $TAGS | tr , ' ' | wc -w) ))
     wait_domu $N $budget ${XEN9P_DOMU_STALL:-600}; rc=$?
+    # A domU served by the peer that never finishes is the peer's failure (PEERFAIL), with the same post-mortem.
+    local fail=FAIL; [ "$PEER" = 1 ] && fail=PEERFAIL
     case $rc in
     0) log "domU $N finished in $(since $t1)s";;
-    1) check $N:finished FAIL "no P9T DONE: gave up $(since $t1)s after unpause (budget $budget)";;
-    *) check $N:finished FAIL "stalled: console silent for ${XEN9P_DOMU_STALL:-600}s, $(since $t1)s after unpause; last: $(tr -d '\r' < /var/log/xen/console/guest-$N.log | grep -v '^ *$' | tail -1 | cut -c1-100)";;
+    1) check $N:finished $fail "no P9T DONE: gave up $(since $t1)s after unpause (budget $budget)";;
+    *) check $N:finished $fail "stalled: console silent for ${XEN9P_DOMU_STALL:-600}s, $(since $t1)s after unpause; last: $(tr -d '\r' < /var/log/xen/console/guest-$N.log | grep -v '^ *$' | tail -1 | cut -c1-100)";;
     esac
     [ $rc = 0 ] || post_mortem $N $id "$@"
     timing ${N}_run_s $(since $t1)

@@ -35,7 +35,7 @@ hot() {
         [ -n "$d" ] || { bad appear-$r "no 9pfs device Connected within 600 s"; return; }
         ok appear-$r "$(basename $d) after $((n / 10)) s"
         M=/mnt/hot$r; mkdir -p $M
-        if ! timeout 60 mount -t 9p -o trans=xen,version=9p2000.L hot $M; then
+        if ! timeout -s KILL 60 mount -t 9p -o trans=xen,version=9p2000.L hot $M; then
             bad mount-$r "rc=$? $(dmesg | tail -3 | tr '\n' ' ')"; return
         fi
         ok mount-$r ""
@@ -73,7 +73,7 @@ workload() {  # TAG MOUNTPOINT
     V=$(tagvar p9v $T 9p2000.L)
     mkdir -p $M
     t0=$(up)
-    if ! timeout 60 mount -t 9p -o trans=xen,version=$V $T $M; then
+    if ! timeout -s KILL 60 mount -t 9p -o trans=xen,version=$V $T $M; then
         bad mount "rc=$? $(dmesg | tail -3 | tr '\n' ' ')"; return
     fi
     ok mount "$(grep " $M " /proc/mounts | cut -d' ' -f4)"
