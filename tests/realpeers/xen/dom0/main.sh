@@ -122,12 +122,13 @@ post_mortem() {  # NAME DOMID ATTACH...
     timeout 20 xl sysrq $id 9; timeout 20 xl sysrq $id w; sleep 10  # loglevel 9 first: the task dump prints at KERN_INFO
     # Every xen9p process: its threads' kernel state, and its Python stacks (SIGUSR1 dumps them
     # into xen9pd's log without stopping anything).
-    for pid in $(pgrep -f 'xen9p_worker|bin/xen9pd'); do
+    for pid in $(pgrep -f 'xen9p_worker|bin/xen9pd') $(pgrep -x xen-9pfsd); do
         { echo "== pid $pid: $(tr '\0' ' ' < /proc/$pid/cmdline | cut -c1-160)"
           for t in /proc/$pid/task/*; do echo "-- $t $(cut -d' ' -f2,3 $t/stat) wchan=$(cat $t/wchan)"; cat $t/stack; done
         } >> $R/$N-procs-stuck.txt 2>&1
-        kill -USR1 $pid
+        case "$(cat /proc/$pid/comm 2>/dev/null)" in xen-9pfsd) ;; *) kill -USR1 $pid;; esac  # only ours dump stacks on USR1
     done
+    pgrep -x xen-9pfsd > /dev/null || [ "$PEER" != 1 ] || echo "== no xen-9pfsd process is running" >> $R/$N-procs-stuck.txt
     sleep 5
     timeout 60 python3 $H/dom0/journal_peek.py >> $R/$N-journal-stuck.txt 2>&1
     for spec in "$@"; do devs="$devs $id/$(echo $spec | cut -d: -f2)"; done

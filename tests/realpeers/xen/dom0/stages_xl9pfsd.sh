@@ -132,6 +132,14 @@ stage_vs_9pfsd() {
     DOMU_HOOK=peer_hook PEER=1 DOMU_ARGS="p9v_xu=9p2000.u"
     run_domu ${N}_peer xu "'tag=xu,path=/srv/pu,$opts'"
     # takeover: xen9pd refuses to start while xen-9pfsd holds the node (exit 69, a clear message) ...
+    # The peer libxl started may have died meanwhile (its node then names a dead pid, which xen9pd
+    # rightly takes over): start one by hand so that a live xen-9pfsd holds the node.
+    if [ -z "$(peer_pids)" ]; then
+        log "takeover: no xen-9pfsd left running (node [$(node_state)] pid [$(node_pid)]); starting one"
+        $XEN_9PFSD > $R/takeover-xen-9pfsd.log 2>&1 &
+        until_true 30 sh -c "[ -n \"\$(pgrep -x xen-9pfsd)\" ] && [ \"\$(xenstore-read $NODE/state 2>/dev/null)\" = running ]" \
+            || check takeover:peer-started FAIL "xen-9pfsd [$(peer_pids)] node [$(node_state)] pid [$(node_pid)]"
+    fi
     p=$(peer_pids)
     timeout 180 $XEN9PD_BIN --platform xen --kinds xen_9pfs > $R/takeover-refused.log 2>&1; rc=$?
     [ $rc = 69 ] && grep -q "held by a running daemon" $R/takeover-refused.log \
