@@ -136,6 +136,7 @@ stage_vs_9pfsd() {
     # rightly takes over): start one by hand so that a live xen-9pfsd holds the node.
     if [ -z "$(peer_pids)" ]; then
         log "takeover: no xen-9pfsd left running (node [$(node_state)] pid [$(node_pid)]); starting one"
+        xenstore-rm $NODE 2>/dev/null  # xen-9pfsd exits at once while the node says running, dead pid or not
         $XEN_9PFSD > $R/takeover-xen-9pfsd.log 2>&1 &
         until_true 30 sh -c "[ -n \"\$(pgrep -x xen-9pfsd)\" ] && [ \"\$(xenstore-read $NODE/state 2>/dev/null)\" = running ]" \
             || check takeover:peer-started FAIL "xen-9pfsd [$(peer_pids)] node [$(node_state)] pid [$(node_pid)]"
