@@ -3,7 +3,8 @@
 Ring workers outlive their daemon (own session, no parent-death signal). When xen9pd starts and finds a
 backend that a previous instance left Connected, it looks for that device's state segment in /dev/shm
 (named xen9p-<domid>-<devid>-<creator pid>-<seq>, see devstate.segment_name) and for live ring workers
-(found in /proc by their command line: `ring --state NAME --ring N ... --supervisor OUR-SOCKET`). It then
+(found in /proc by their command line: `ring --state NAME --ring N ... --supervisor OUR-SOCKET`, and matched
+to the segment they map, see mapped_segment). It then
 takes the device over as it is: the segment is renamed to carry our pid (so no other daemon sweeps or
 adopts it), each live worker becomes a ring of ours watched through a pidfd, and each ring whose worker
 died while no daemon ran gets a fresh worker that resumes it through the journal. The device stays
