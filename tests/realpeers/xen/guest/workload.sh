@@ -34,7 +34,7 @@ TAGS=$(echo $TAGS | tr , ' '); NT=$(echo $TAGS | wc -w)
 # told apart by nothing but the device appearing): mount, read, write, see the earlier rounds' files,
 # unmount, then wait for dom0 to take the device away (its sysfs entry goes) before the next round.
 hot() {
-    local r d M n
+    local r d M n rc
     T=hot; echo "P9T HOT READY uptime=$(up)"
     for r in 1 2 3; do
         d=""; n=0
@@ -45,8 +45,9 @@ hot() {
         [ -n "$d" ] || { bad appear-$r "no 9pfs device Connected within 600 s"; return; }
         ok appear-$r "$(basename $d) after $((n / 10)) s"
         M=/mnt/hot$r; mkdir -p $M
-        if ! mount9p hot $M 9p2000.L; then
-            bad mount-$r "rc=$? $(cat /tmp/mount.err) $(dmesg | tail -3 | tr '\n' ' ')"; return
+        mount9p hot $M 9p2000.L; rc=$?
+        if [ $rc != 0 ]; then
+            bad mount-$r "rc=$rc $(cat /tmp/mount.err) $(dmesg | tail -3 | tr '\n' ' ')"; return
         fi
         ok mount-$r ""
         is read-$r "$(cat $M/hello.txt 2>&1)" "hello hot"
@@ -83,8 +84,9 @@ workload() {  # TAG MOUNTPOINT
     V=$(tagvar p9v $T 9p2000.L)
     mkdir -p $M
     t0=$(up)
-    if ! mount9p $T $M $V; then
-        bad mount "rc=$? $(cat /tmp/mount.err) $(dmesg | tail -3 | tr '\n' ' ')"; return
+    mount9p $T $M $V; local rc=$?
+    if [ $rc != 0 ]; then
+        bad mount "rc=$rc $(cat /tmp/mount.err) $(dmesg | tail -3 | tr '\n' ' ')"; return
     fi
     ok mount "$(grep " $M " /proc/mounts | cut -d' ' -f4)"
     echo "TIME ${T}_mount_s $(el $t0)"
