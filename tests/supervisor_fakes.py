@@ -1,4 +1,5 @@
-"""Stand-ins for what xen9pd's glue (Device, RingSet) gets from the outside: a clock, worker processes, a launcher.
+"""Stand-ins for what xen9pd's glue (Device, RingSet) gets from the outside: a clock, worker processes, a launcher;
+and a pid no process can have.
 
 Time only moves when a test (or a fake process's blocking wait) advances the FakeClock, so supervision
 deadlines (backoff, heartbeat, ready, kill grace, close timeout) are reached exactly, without waiting.
@@ -111,3 +112,9 @@ class FakeStateFactory:
 
     def live(self) -> list[FakeState]:
         return [s for s in self.created if not s.unlinked]
+
+
+def dead_pid() -> int:
+    """A pid no process can have (a reaped child's could be reused at once on a busy machine)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1

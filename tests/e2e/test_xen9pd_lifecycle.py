@@ -14,14 +14,8 @@ import pytest
 
 from tests.e2e.xen9pd_helpers import ROOT, Guest, Xen9pd, env_for_children, procs_with
 from tests.waiting import wait_for
+from xen9p_common.procs import pid_alive
 from xen9p_supervisor import toolstack
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 @pytest.fixture
@@ -72,7 +66,7 @@ def test_xen9pctl_detach_remove_then_reattach_the_same_devid(sim, daemon, tmp_pa
     assert r["result"]["removed"] == [g.fe, g.be]
     assert xs.read(g.be) is None and xs.read(g.fe) is None
     wait_for(lambda: daemon.device("dom6/dev0") is None, 10, "device released after its nodes went")
-    wait_for(lambda: not any(_alive(p) for p in pids), 10, "dom6 workers gone")
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "dom6 workers gone")
     # Without --remove the nodes stay (backend Closed) and an attach of the same devid is refused.
     r = daemon.request("attach", {"domid": 6, "devid": 0, "path": tmp, "tag": "again"}, timeout=10)
     assert r and r["ok"], r
@@ -115,7 +109,7 @@ def test_release_domain_tears_down(sim, daemon):
     other.connect(1)
     xs.release_domain(4)
     wait_for(lambda: daemon.device("dom4/dev0") is None, 10, "dom4 device released")
-    wait_for(lambda: not any(_alive(p) for p in pids), 10, "dom4 workers gone")
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "dom4 workers gone")
     assert daemon.device("dom5/dev0")["state"] == "connected"
     assert "dom4/dev0: released (domain_released)" in daemon.logs()
     # A new backend makes xen9pd rescan: the dead domain's leftover backend dir (nothing removed it)

@@ -22,19 +22,22 @@ be_state() { python3 -c "
 from xen9p_sim.toolstack import dom0_client
 xs = dom0_client('$SIM'); print(xs.read('/local/domain/0/backend/xen_9pfs/$1/0/state')); xs.close()"; }
 guest_ops() { tail -n 50 /tmp/guest$1.out 2>/dev/null | grep '"progress"' | tail -1 | sed 's/.*"ops": \([0-9]*\).*/\1/'; }
+ops_above() { [ "$(guest_ops $1)" -gt $2 ] 2>/dev/null; }  # ops_above GUEST N
+back_from() {  # back_from OLD_MAIN_PID: the unit active again with another main pid that answers
+    [ "$(systemctl is-active xen9pd)" = active ] && [ "$(main_pid)" != "$1" ] && xen9pctl ping; }
 # The guests' operation counts grow (the workload goes on) within 30 s.
 guests_progress() {  # NAME
     local g a b ok=1
     for g in 5 6; do
         a=$(guest_ops $g); a=${a:-0}
-        until_ok 30 sh -c "[ \"\$(tail -n 50 /tmp/guest$g.out | grep '\"progress\"' | tail -1 | sed 's/.*\"ops\": \([0-9]*\).*/\1/')\" -gt $a ]" || ok=0
+        until_ok 30 ops_above $g $a || ok=0
         b=$(guest_ops $g); info "$1: guest dom$g ops $a -> $b"
     done
     [ $ok = 1 ] && check "$1:guests-progress" PASS || check "$1:guests-progress" FAIL "a guest made no progress in 30 s"
 }
 daemon_back() {  # NAME OLD_MAIN_PID T0: the unit is active again with a new main pid that answers
     local m
-    if until_ok 60 sh -c "[ \"\$(systemctl is-active xen9pd)\" = active ] && [ \"\$(systemctl show -p MainPID --value xen9pd)\" != $2 ] && xen9pctl ping"; then
+    if until_ok 60 back_from "$2"; then
         m=$(main_pid); check "$1:daemon-back" PASS "main pid $2 -> $m, $(awk "BEGIN{printf \"%.1f\", $(up) - $3}") s"
     else check "$1:daemon-back" FAIL "is-active $(systemctl is-active xen9pd), main pid $(main_pid)"; fi
 }

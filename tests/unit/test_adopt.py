@@ -15,6 +15,7 @@ from xen9p_supervisor.adopt import AdoptedProcess, LiveWorker, _start_ticks, fin
 from xen9p_supervisor.exit_mode import keep_serving_on_sigterm, systemd_job, systemd_unit
 from xen9p_supervisor.workers import Launcher
 from xen9p_common.control import RingSpec
+from tests.supervisor_fakes import dead_pid
 from tests.waiting import wait_for
 
 SYSTEMD = {"INVOCATION_ID": "0123abcd"}
@@ -150,14 +151,8 @@ def test_adopted_process_refuses_a_reused_pid(sleeper):
         AdoptedProcess(w)
 
 
-def _dead_pid() -> int:
-    """A pid no process can have (a reaped child's could be reused at once on a busy machine)."""
-    with open("/proc/sys/kernel/pid_max") as f:
-        return int(f.read()) + 1
-
-
 def test_sweep_frees_dead_owners_segments_but_not_mapped_ones(tmp_path):
-    dead = _dead_pid()
+    dead = dead_pid()
     free, mapped = f"xen9p-ds-5-0-{dead}-1", f"xen9p-ds-5-1-{dead}-2"
     for n in (free, mapped):
         (tmp_path / n).write_bytes(b"\0" * 4096)
@@ -173,7 +168,7 @@ def test_sweep_frees_dead_owners_segments_but_not_mapped_ones(tmp_path):
 
 
 def test_segments_named_before_adoption_are_still_swept(tmp_path):
-    old = f"xen9p-5-0-{_dead_pid()}-1"  # an earlier version's leftover
+    old = f"xen9p-5-0-{dead_pid()}-1"  # an earlier version's leftover
     (tmp_path / old).write_bytes(b"")
     assert devstate.sweep_stale_segments(str(tmp_path)) == [old]
 

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from xen9p_supervisor.libxl_node import StartupError, hold_libxl_node, running_peers
+from tests.supervisor_fakes import dead_pid
 from tests.waiting import wait_for
 
 BASE = "/local/domain/0/libxl/xen-9pfs"
@@ -29,12 +30,7 @@ class Store:
         return fn(self)
 
 
-def _dead_pid() -> int:
-    with open("/proc/sys/kernel/pid_max") as f:
-        return int(f.read()) + 1
-
-
-@pytest.mark.parametrize("nodes", [{}, {"state": "running", "pid": str(_dead_pid())}, {"state": "running"}])
+@pytest.mark.parametrize("nodes", [{}, {"state": "running", "pid": str(dead_pid())}, {"state": "running"}])
 def test_free_or_stale_node_is_taken(nodes):
     xs = Store(**nodes)
     hold_libxl_node(xs, 0, peers=lambda: [])
@@ -48,7 +44,7 @@ def test_live_pid_in_the_node_refuses():
     assert xs.d[f"{BASE}/pid"] == "1"
 
 
-@pytest.mark.parametrize("pid", [None, str(_dead_pid())])
+@pytest.mark.parametrize("pid", [None, str(dead_pid())])
 def test_a_running_xen_9pfsd_holds_a_node_without_a_live_pid(pid):
     """xen-9pfsd started other than by libxl writes state but no pid (seen in the Xen 4.20 lab)."""
     xs = Store(state="running", **({"pid": pid} if pid else {}))

@@ -16,6 +16,8 @@ until_true() {
     "$@"
 }
 proc_gone() { local p; for p in "$@"; do [ ! -e /proc/$p ] || grep -q '^State:.*Z' /proc/$p/status || return 1; done; }  # exited (a zombie counts)
+peer_holds_node() { [ -n "$(peer_pids)" ] && [ "$(node_state)" = running ]; }
+state_is() { [ "$(xenstore-read $1/state 2>/dev/null)" = "$2" ]; }  # state_is XENSTORE-DIR STATE
 gone_backend() { ! xenstore-read /local/domain/0/backend/xen_9pfs/$1 > /dev/null 2>&1; }
 no_workers() { [ -z "$(workers)" ]; }
 no_segments() { [ -z "$(ls /dev/shm 2>/dev/null | grep "^xen9p-ds-$1-")" ]; }
@@ -139,7 +141,7 @@ stage_vs_9pfsd() {
         log "takeover: no xen-9pfsd left running (node [$(node_state)] pid [$(node_pid)]); starting one"
         xenstore-rm $NODE 2>/dev/null  # xen-9pfsd exits at once while the node says running, dead pid or not
         $XEN_9PFSD > $R/takeover-xen-9pfsd.log 2>&1 &
-        until_true 30 sh -c "[ -n \"\$(pgrep -x xen-9pfsd)\" ] && [ \"\$(xenstore-read $NODE/state 2>/dev/null)\" = running ]" \
+        until_true 30 peer_holds_node \
             || check takeover:peer-started FAIL "xen-9pfsd [$(peer_pids)] node [$(node_state)] pid [$(node_pid)]"
     fi
     p=$(peer_pids)
@@ -196,7 +198,7 @@ hot_watch() {  # N DOMID
     hot_attach $N $id 2 || return
     # libxl's detach, as libxl__initiate_device_generic_remove does it: it waits 10 s for Closed.
     t0=$(up); xenstore-write $be/online 0 $be/state 5
-    if until_true 10 sh -c "[ \"\$(xenstore-read $be/state)\" = 6 ]"; then
+    if until_true 10 state_is $be 6; then
         check hotattach:libxl-offline-answered PASS "backend Closed $(since $t0)s after online=0 + state=5"
     else check hotattach:libxl-offline-answered FAIL "state [$(xenstore-read $be/state 2>&1)] 10 s after online=0"; fi
     xenstore-rm $fe; xenstore-rm $be
