@@ -186,7 +186,7 @@ def test_walkthrough_by_hand(tmp_path):
         r = _run("xen9p_sim.cli", "guest", "--domid", "5", "--tag", "share", "--rounds", "-1",
                  "run", "smoke", env=env)
         assert r.returncode == 2 and "--rounds" in r.stderr
-        # --rounds 0 runs until SIGTERM, which ends it after the workload in progress, with its summary.
+        # --rounds 0 runs until SIGINT, which ends it after the workload in progress, with its summary.
         g = subprocess.Popen([sys.executable, "-m", "xen9p_sim.cli", "guest", "--domid", "5", "--tag", "share",
                               "--rounds", "0", "--progress", "run", "smoke"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
@@ -195,11 +195,21 @@ def test_walkthrough_by_hand(tmp_path):
             done_ops = json.loads(line).get("progress", {}).get("ops", 0)
             if done_ops > 200:  # a few smoke rounds in
                 break
-        g.send_signal(signal.SIGTERM)
+        g.send_signal(signal.SIGINT)
         out, err = g.communicate(timeout=60)
         assert g.returncode == 0, err
         summary = json.loads(out.strip().splitlines()[-1])["summary"]
         assert summary["errors"] == 0 and summary["ops"] >= done_ops and len(summary["workloads"]) >= 1
+        # SIGTERM (what a demo's guests get when the demo dies) ends the guest at once, mid-workload.
+        g = subprocess.Popen([sys.executable, "-m", "xen9p_sim.cli", "guest", "--domid", "5", "--tag", "share",
+                              "--rounds", "0", "--progress", "run", "fsstress"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
+        for line in g.stdout:
+            if json.loads(line).get("progress", {}).get("ops", 0) > 50:
+                break
+        g.send_signal(signal.SIGTERM)
+        out, _ = g.communicate(timeout=10)
+        assert g.returncode == -signal.SIGTERM and '"summary"' not in out
         r = _run("xen9p_supervisor.xen9pctl", "--control", ctl, "--json", "status", env=env)
         assert r.returncode == 0, r.stderr
         devs = {d["name"]: d for d in json.loads(r.stdout)["devices"]}

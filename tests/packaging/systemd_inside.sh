@@ -121,7 +121,7 @@ guests_progress upgrade
 
 # 6. the guests finish their workload: no error anywhere through all of the above
 for g in 5 6; do
-    eval "kill -TERM \$GPID$g; wait \$GPID$g"; rc=$?
+    eval "kill -INT \$GPID$g; wait \$GPID$g"; rc=$?
     s=$(grep '"summary"' /tmp/guest$g.out | python3 -c 'import json,sys; s=json.loads(sys.stdin.read())["summary"]; print(s["ops"], s["errors"])')
     [ $rc = 0 ] && [ "${s#* }" = 0 ] && check guest$g:no-errors PASS "rc 0, ${s% *} ops, 0 errors" \
         || check guest$g:no-errors FAIL "rc $rc, ops/errors [$s]: $(tail -2 "$RES/guest$g.err" | tr '\n' ' ')"
@@ -138,7 +138,7 @@ systemctl stop xen9pd; ok stop:rc "$?" 0
 ok stop:inactive "$(systemctl is-active xen9pd)" inactive
 ok stop:device-closed "$(be_state 7)" 6
 until_ok 30 sh -c '! pgrep -f "^xen9p dom"' && check stop:no-worker PASS || check stop:no-worker FAIL "$(pgrep -af '^xen9p dom')"
-kill -TERM $G7 2>/dev/null; wait $G7
+kill -INT $G7 2>/dev/null; wait $G7
 journalctl -u xen9pd --no-pager -o short-monotonic > "$RES/journal.txt" 2>&1
 grep -qi traceback "$RES/journal.txt" && check journal:no-traceback FAIL "see journal.txt" || check journal:no-traceback PASS
 check done PASS
