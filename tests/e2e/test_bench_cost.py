@@ -42,3 +42,19 @@ def test_cost_profile_of_getattr_on_the_ring_and_the_socket(tmp_path):
     sock = figs["xen9p socket"]["syscalls_per_op"]
     assert any(k.startswith("recv") or k == "read" for k in sock), sock
     assert (out / next(out.glob("cost-*.json")).name.replace(".json", ".md")).exists()
+
+
+def test_wakeup_floor_reports_both_placements():
+    """`python -m bench.wakeup`: the empty loop's CPU per round trip, one row per placement it could use."""
+    import os
+    r = subprocess.run([sys.executable, "-m", "bench.wakeup", "--trips", "2000"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = [ln.split("|")[1:-1] for ln in r.stdout.splitlines() if ln.startswith("| one") or ln.startswith("| two")]
+    want = ["one core"] + (["two cores"] if len(os.sched_getaffinity(0)) > 1 else [])
+    assert [c.strip() for c, *_ in rows] == want, r.stdout
+    for _, user, sys_, cpu, rtt in rows:
+        assert float(cpu) == pytest.approx(float(user) + float(sys_), abs=0.11) and float(rtt) > 0, r.stdout
+    bad = subprocess.run([sys.executable, "-m", "bench.wakeup", "--trips", "0"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "--trips must be at least 1" in bad.stderr
