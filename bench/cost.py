@@ -32,7 +32,8 @@ from .loadgen import LoadPool
 from .measure import cpu_split
 from .probes import PySpy, Strace, pyspy_missing, strace_missing
 from .profile import FULL
-from .targets import SocketServer, TargetError, open_ring
+from . import targets
+from .targets import SocketServer, TargetError, open_ring, worker_build
 
 OPS = {"getattr": ("getattr", 0), "walkclunk": ("walkclunk", 0), "create": ("createwriteunlink", 0),
        "readdir": ("readdir", 0), "read4k": ("read", 4096), "write4k": ("write", 4096),
@@ -91,6 +92,7 @@ class Figure:
     top_lines: list = field(default_factory=list)   # (file:line function, % of samples)
     top_funcs: list = field(default_factory=list)   # (file function, user µs/op)
     note: str = ""
+    build: str = ""    # the server's code: compiled, pure or mixed (xen9p_common.buildinfo); diod: C
 
 
 class Target:
@@ -102,6 +104,7 @@ class Target:
             self.dev, self.pool = open_ring(base, export, channels, RING_MSIZE)
             self.name, self.msize = "ring", self.dev.msize
             self.extra: dict = {}
+            self.build = "/".join(sorted(self.dev.builds))  # what the workers said in their "ready"
         else:
             self.dev = SocketServer(kind, base, export)
             self.name = self.dev.name
@@ -114,6 +117,7 @@ class Target:
                 self.close()
                 raise
             self.extra = {"remove": True}  # diod has no Tunlinkat: Twalk + Tremove on both
+            self.build = "C" if kind == "diod" else worker_build()
         self.pids = self.dev.pids
 
     def close(self) -> None:
@@ -142,7 +146,7 @@ def _go(t: Target, op: str, depth: int, params: dict, duration: float, probe=Non
 def measure(t: Target, fx: dict, name: str, depth: int, duration: float, work: Path, label: str) -> Figure:
     op, size = OPS[name]
     params = {**op_params(fx, op, size, t.msize), **t.extra}
-    fig = Figure(t.name, name, label)
+    fig = Figure(t.name, name, label, build=t.build)
     per = size if op in ("read", "write") else 1  # bytes ops count bytes: per op = per request
     u0, s0 = cpu_split(t.pids)
     units, wall, _ = _go(t, op, depth, params, duration)
@@ -177,10 +181,10 @@ def measure(t: Target, fx: dict, name: str, depth: int, duration: float, work: P
 
 
 def render(figs: list[Figure]) -> str:
-    out = ["| target | op | load | ops/s | server CPU µs/op (user + sys) | syscalls/op |",
-           "|---|---|---|---:|---:|---:|"]
+    out = ["| target | build | op | load | ops/s | server CPU µs/op (user + sys) | syscalls/op |",
+           "|---|---|---|---|---:|---:|---:|"]
     for f in figs:
-        out.append(f"| {f.target} | {f.op} per {PER[f.op]} | {f.load} | {f.ops_s:,.0f} | {f.cpu_us:.1f} "
+        out.append(f"| {f.target} | {f.build} | {f.op} per {PER[f.op]} | {f.load} | {f.ops_s:,.0f} | {f.cpu_us:.1f} "
                    f"({f.user_us:.1f} + {f.sys_us:.1f}) | {sum(f.syscalls_per_op.values()):.1f} |")
     for f in figs:
         out.append(f"\n### {f.target} {f.op} {f.load}: {f.cpu_us:.1f} µs per {PER[f.op]}"
@@ -203,7 +207,11 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per pass")
     ap.add_argument("--entries", type=int, default=FULL.readdir_entries, help="entries in the Treaddir directory")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--code", choices=("source", "installed"), default="source",
+                    help="the servers run this tree's .py files (source, the default) or the package installed "
+                         "for this interpreter (installed: the compiled build where pip compiled it)")
     args = ap.parse_args(argv)
+    targets.WORKER_CODE = args.code
     ops = [o for o in args.ops.split(",") if o]
     bad = [o for o in ops if o not in OPS]
     if bad:
@@ -237,7 +245,7 @@ def main(argv=None) -> int:
                     for name in ops:
                         f = measure(t, fx, name, depth, args.duration, base, label)
                         figs.append(f)
-                        print(f"{f.target:12s} {name:9s} {label:5s} {f.cpu_us:7.1f} µs/op "
+                        print(f"{f.target:12s} {f.build:8s} {name:9s} {label:5s} {f.cpu_us:7.1f} µs/op "
                               f"({f.user_us:.1f}+{f.sys_us:.1f}) {sum(f.syscalls_per_op.values()):5.1f} syscalls "
                               f"{f.ops_s:9.0f}/s", file=sys.stderr, flush=True)
                 finally:

@@ -17,6 +17,34 @@ from .loadgen import ChannelSpec, LoadPool
 
 DIOD = "/usr/sbin/diod"
 REPO = Path(__file__).resolve().parents[1]
+# Which code the server processes run: "source" (this tree's .py files: started in the tree, which
+# comes first on their path) or "installed" (the package pip installed for this interpreter — the
+# compiled build where it was compiled: started outside the tree). bench.cost --code sets it.
+WORKER_CODE = "source"
+
+
+def worker_cwd() -> str:
+    """The directory server processes start in: it decides, by coming first on sys.path, which code runs."""
+    return str(REPO) if WORKER_CODE == "source" else tempfile.gettempdir()
+
+
+def worker_env() -> dict:
+    """The server processes' environment: without PYTHONPATH when they must run the installed package."""
+    env = dict(os.environ)
+    if WORKER_CODE != "source":
+        env.pop("PYTHONPATH", None)
+    return env
+
+
+def worker_build() -> str:
+    """What a server process started as ours are runs: "compiled", "pure" or "mixed" (buildinfo.build());
+    raises TargetError when xen9p is not importable there (--code installed without an installed xen9p)."""
+    r = subprocess.run([sys.executable, "-c", "from xen9p_common.buildinfo import build; print(build())"],
+                       cwd=worker_cwd(), env=worker_env(), capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise TargetError(f"xen9p is not importable by {sys.executable} as {WORKER_CODE} code: "
+                          f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+    return r.stdout.strip()
 START_DEADLINE = 20.0
 
 
@@ -60,8 +88,8 @@ def diod_missing() -> str | None:
 
 
 def xen9p_socket_missing() -> str | None:
-    r = subprocess.run([sys.executable, "-m", "xen9p_worker", "--help"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "xen9p_worker", "--help"], cwd=worker_cwd(), env=worker_env(),
+                       capture_output=True, text=True, timeout=60)
     if r.returncode != 0 or "--listen" not in r.stdout:
         return "xen9p_worker has no socket transport (`python -m xen9p_worker --help` lacks --listen)"
     return None
@@ -87,8 +115,8 @@ class SocketServer:
                    "--security-model", security_model]
             self.aname = ""
         with open(self.log, "wb") as logf:
-            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=worker_cwd(),
+                                         env=worker_env(), start_new_session=True)
         wait_for(self.sock.exists, START_DEADLINE, f"{kind} on {self.sock}", self.proc, self.log)
 
     @property
@@ -155,6 +183,7 @@ class RingDevice:
         self.procs: list[subprocess.Popen] = []
         self.ds = self.mem = self.ctx = self.router = None
         self.specs: list[ChannelSpec] = []
+        self.builds: set[str] = set()  # what the workers said they run (xen9p_common.buildinfo.build())
         try:
             self.ds = DeviceState.create(self.name, max_fids=4096, max_open_files=0, max_space_mb=0,
                                          export=str(export), security_model=security_model,
@@ -196,8 +225,8 @@ class RingDevice:
                     "--supervisor", self.endpoint, "--threads", str(self.threads)]
             log = open(self.sim_dir / f"worker-{ring}.log", "wb")
             cpu = cpus[ring % len(cpus)]
-            self.procs.append(subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL,
+            self.procs.append(subprocess.Popen(argv, cwd=worker_cwd(), env=worker_env(), stdout=log,
+                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu})))
             log.close()
         want = {p.pid for p in self.procs}
@@ -214,6 +243,7 @@ class RingDevice:
                 msg = control.parse_worker_msg(raw)
                 if msg.get("type") == control.W_READY:
                     want.discard(msg.get("pid"))
+                    self.builds.add(msg.get("build", "unknown"))
         self.drain()
 
     def drain(self) -> None:

@@ -4,6 +4,8 @@ Pure: no mapping, no event channels; the worker maps the pages and hands them ov
 """
 from __future__ import annotations
 
+from typing import Final
+
 import struct
 import sys
 from typing import Iterator
@@ -43,14 +45,14 @@ HEADER_SIZE = 7  # size[4] type[1] tag[2]
 class IntfLayout:
     """Byte offsets in `struct xen_9pfs_data_intf` (one granted page per ring)."""
 
-    IN_CONS = 0
-    IN_PROD = 4
-    OUT_CONS = 64
-    OUT_PROD = 68
-    RING_ORDER = 128
-    REF = 132
-    PAGE_SIZE = 4096
-    MAX_RING_ORDER = 9  # largest order whose ref array fits in the page
+    IN_CONS: Final = 0
+    IN_PROD: Final = 4
+    OUT_CONS: Final = 64
+    OUT_PROD: Final = 68
+    RING_ORDER: Final = 128
+    REF: Final = 132
+    PAGE_SIZE: Final = 4096
+    MAX_RING_ORDER: Final = 9  # largest order whose ref array fits in the page
 
 
 class NoRoom(Xen9pError):

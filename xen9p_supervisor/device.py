@@ -401,7 +401,7 @@ class Device:
                 "restarts": rs.restarts, "uptime": round(now - r.started_at, 3) if r.pid and r.started_at else None,
                 "exits": {str(k): v for k, v in rs.exits.items()},
                 "last_exit": [str(rs.last_exit[0]), rs.last_exit[1]] if rs.last_exit else None,
-                "ring_ref": r.spec.ring_ref, "evtchn": r.spec.evtchn, "adopted": r.adopted,
+                "ring_ref": r.spec.ring_ref, "evtchn": r.spec.evtchn, "adopted": r.adopted, "build": r.build,
             })
         return {
             "name": self.name, "kind": self.kind, "domid": self.domid, "devid": self.devid, "tag": self.tag,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from xen9p_common import control
+from xen9p_common.buildinfo import BUILDS
 from xen9p_common.control import RingSpec
 from xen9p_common.errors import Xen9pError
 
@@ -101,6 +102,7 @@ class Ring:
     started_at: float | None = None       # wall clock of the current process, for uptime
     fatal_reason: str | None = None
     adopted: bool = False                 # the live process was started by a previous xen9pd (older code?)
+    build: str | None = None              # what the worker said it runs in "ready": compiled, pure, mixed
 
     @property
     def name(self) -> str:
@@ -143,6 +145,7 @@ class RingSet:
     def _spawn(self, r: Ring, first: bool) -> None:
         now = self.clock()
         r.proc = self.launcher.spawn(r.spec, r.cpu)
+        r.build = None  # until this process says in "ready"
         r.adopted = False
         r.kill_cause, r.kill_at = None, None
         r.last_seen = now
@@ -179,7 +182,10 @@ class RingSet:
         t = msg.get("type")
         if t == control.W_READY:
             if r.restarter.ready(now):
-                log.info("%s: worker pid %s mapped and bound", r.name, r.pid)
+                build = msg.get("build")
+                r.build = build if isinstance(build, str) and build in BUILDS else None
+                log.info("%s: worker pid %s mapped and bound%s", r.name, r.pid,
+                         f" ({r.build} build)" if r.build else "")
                 return "ready"
         elif t == control.W_STATS:
             m = msg.get("metrics")

@@ -46,9 +46,9 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
-from xen9p_common import control
+from xen9p_common import buildinfo, control
 from xen9p_common.errors import RingError, Xen9pError
 from xen9p_common.exitcodes import EXIT_ERROR, EXIT_OK, EXIT_RING
 from xen9p_common.p9 import messages as M
@@ -60,6 +60,12 @@ from .metrics import RingMetrics
 from .ring_resume import ResumeFixup
 from .shared import journal as J
 from .watchdog import type_name, where_waits
+
+# The message classes are made at import time from their field lists, so a type checker sees
+# neither their constructors' fields nor their attributes: these two are used untyped. (mypyc,
+# which compiles this module in the default build, refuses code that does not type-check.)
+_Rflush: Any = M.Rflush
+_decode: Any = M.decode
 
 log = logging.getLogger("xen9p.ring")
 
@@ -108,10 +114,10 @@ class _Pending:
         self.mtype = mtype
         self.t0 = time.monotonic_ns()
         self.finished = False
-        self.flushers: list[_Pending] | None = []
-        self.segs: list | None = None
+        self.flushers: Any = []
+        self.segs: Any = None
         self.held = False
-        self.frame = None
+        self.frame: Any = None
 
     # The dispatcher's two callbacks -------------------------------------------
 
@@ -126,6 +132,8 @@ class _ResumedPending(_Pending):
     """A re-run request: its reply passes through ResumeFixup.translate."""
 
     __slots__ = ("fix", "req")
+    fix: Any
+    req: Any
 
     def reply(self, result) -> None:
         if not isinstance(result, int):
@@ -146,7 +154,7 @@ class RingWorker:
                  max_ring_order: int = IntfLayout.MAX_RING_ORDER, heartbeat: float = 1.0,
                  stats_every: float = 2.0, drain_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
-                 fault: tuple[str, int] | None = None, spin_us: float = 30.0) -> None:
+                 fault: Any = None, spin_us: float = 30.0) -> None:
         self.domid, self.devid, self.ring_no = domid, devid, ring
         self.ring_ref, self.remote_port = ring_ref, evtchn_port
         self.name = control.ring_name(domid, devid, ring)
@@ -163,8 +171,11 @@ class RingWorker:
         self.metrics = RingMetrics()
         self.journal = device.journal(ring)
         self.port = 0
-        self.ring: BackendRing | None = None
-        self._intf_map = self._data_map = None
+        # Set by setup() and used only after it: Any rather than Optional, so the compiled build
+        # (mypyc checks every attribute access against its type) needs no check per use.
+        self.ring: Any = None
+        self._intf_map: Any = None
+        self._data_map: Any = None
         self._reply_lock = threading.Lock()
         self._room_cv = threading.Condition()
         self._flush_mu = threading.Condition()
@@ -184,7 +195,7 @@ class RingWorker:
         self._wake_pending = False
         self._ctl_dirty = False  # a control send since the last look at ZMQ_EVENTS
         self._wake_r = self._wake_w = -1
-        self._kick: socket.socket | None = None
+        self._kick: Any = None
         self._stopping = False
         self._stop_reason = ""
         self._fatal: str | None = None
@@ -310,7 +321,7 @@ class RingWorker:
             import zmq
             ctl_fd = self.ctl.getsockopt(zmq.FD)
             poller.register(ctl_fd, select.POLLIN)
-        self.send(control.W_READY)
+        self.send(control.W_READY, build=buildinfo.build())
         now = self.clock()
         next_hb = now + self.heartbeat
         next_stats = now + self.stats_every
@@ -748,7 +759,7 @@ class RingWorker:
             self.journal.published(p.slot)  # resolved without an answer: nothing to resend
             self.metrics.dropped()
         for f in flushers or ():
-            self._reply(f, M.encode(M.Rflush(f.tag)))
+            self._reply(f, M.encode(_Rflush(f.tag)))
         self._need_notify = True
         if not (on_loop if on_loop is not None else threading.get_ident() == self._on_loop):
             self._wake()
@@ -770,7 +781,7 @@ class RingWorker:
     def _flush(self, p: _Pending, frame) -> None:
         self.metrics.flushes += 1
         try:
-            oldtag = M.decode(frame).oldtag
+            oldtag = _decode(frame).oldtag
         except Xen9pError:
             self._reply(p, self.session.error_frame(p.tag, errno.EPROTO))
             return
@@ -786,10 +797,10 @@ class RingWorker:
                 old_dropped = None
         if old_dropped is not None:
             self._settle(old_dropped, replied=False)
-            self._reply(p, M.encode(M.Rflush(p.tag)))
+            self._reply(p, M.encode(_Rflush(p.tag)))
             return
         if self.ds.num_rings == 1:
-            self._reply(p, M.encode(M.Rflush(p.tag)))
+            self._reply(p, M.encode(_Rflush(p.tag)))
             return
         self._remote_flush(p, oldtag)
 
@@ -852,7 +863,7 @@ class RingWorker:
                     for item in ready:
                         self._flushes.remove(item)
                 for p, *_ in ready:
-                    self._reply(p, M.encode(M.Rflush(p.tag)))
+                    self._reply(p, M.encode(_Rflush(p.tag)))
             else:
                 time.sleep(poll)  # other processes' journals have no wakeup to wait on
 

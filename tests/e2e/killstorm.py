@@ -41,9 +41,10 @@ def percentile(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
 
 
-def storm(kills: int, guests: int = 4, seed: int = 1, log=print) -> dict:
+def storm(kills: int, guests: int = 4, seed: int = 1, log=print, **settings) -> dict:
+    """`settings`: xen9pd settings for the World (worker_cmd, to run another build of the workers)."""
     rnd = random.Random(seed)
-    world = World("ks")
+    world = World("ks", **settings)
     gs: list[RealGuest] = []
     loads: list[VerifiedLoad] = []
     try:
@@ -76,13 +77,14 @@ def storm(kills: int, guests: int = 4, seed: int = 1, log=print) -> dict:
         wrong = [b for ld in loads for b in ld.verify()]
         crashes = {n: ring(d, n)["exits"].get("crash", 0) for n in names}
         connected = all(g.be_state() == XenbusState.Connected for g in gs)
+        builds = sorted({str(ring(d, n).get("build")) for n in names})
         ops: dict[str, int] = {}
         for ld in loads:
             for op, n in ld.counts.items():
                 ops[op] = ops.get(op, 0) + n
         return {"kills": kills, "guests": guests, "rings": len(names), "ops": ops, "guest_errors": errors,
                 "stray_replies": stray, "unanswered": unanswered, "wrong": wrong,
-                "crashes_counted": crashes, "killed": killed, "connected": connected,
+                "crashes_counted": crashes, "killed": killed, "connected": connected, "builds": builds,
                 "recovery_p50_ms": round(1000 * statistics.median(recov), 1) if recov else None,
                 "recovery_p99_ms": round(1000 * percentile(recov, 99), 1) if recov else None,
                 "recovery_max_ms": round(1000 * max(recov), 1) if recov else None}

@@ -33,6 +33,7 @@ def test_cost_profile_of_getattr_on_the_ring_and_the_socket(tmp_path):
     assert set(figs) == {"ring", "xen9p socket"}, doc
     for f in figs.values():
         assert f["ops_s"] > 0 and f["cpu_us"] > 0, f
+        assert f["build"] == "pure", f  # --code source (the default): this tree's .py files
         sc = f["syscalls_per_op"]
         # Every Tgetattr costs one stat of the file (fstat/newfstatat/statx, by libc).
         assert sum(v for k, v in sc.items() if "stat" in k) >= 0.9, sc

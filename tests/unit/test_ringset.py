@@ -214,3 +214,18 @@ def test_fatal_error_message_and_stats(launcher, clock):
     assert rs.on_message(r, {"type": control.W_ERROR, "pid": r.proc.pid, "fatal": True,
                              "reason": "ring order 11 > 9"}) == "fatal"
     assert r.fatal_reason == "ring order 11 > 9"
+
+
+def test_ready_records_the_build_the_worker_runs_and_a_respawn_forgets_it(launcher, clock):
+    rs = _ringset(launcher, clock)
+    rs.start()
+    a, b = rs.rings
+    assert rs.on_message(a, {"type": control.W_READY, "pid": a.proc.pid, "build": "compiled"}) == "ready"
+    assert rs.on_message(b, {"type": control.W_READY, "pid": b.proc.pid, "build": "x; rm -rf /"}) == "ready"
+    assert (a.build, b.build) == ("compiled", None)  # only the values buildinfo.build() can say
+    a.proc.exit(1)
+    clock.advance(POLICY.startsecs + 1)
+    rs.tick()
+    clock.advance(POLICY.backoff_initial)
+    assert rs.tick() == [(a, "respawned")]
+    assert a.build is None  # the new process has not said yet
