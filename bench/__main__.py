@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import targets
 from .families import FAMILIES
 from .fixtures import build_export
 from .profile import FULL, QUICK
@@ -33,11 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the exported tree is built (default: the system temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs) after the run")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--code", choices=("source", "installed"), default="source",
+                   help="the servers run this tree's .py files (source, the default) or the package installed "
+                        "for this interpreter (installed: the compiled build where pip compiled it)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    targets.WORKER_CODE = args.code
     profile = QUICK if args.quick else FULL
     if args.rings:
         from dataclasses import replace

@@ -153,7 +153,7 @@ def _num(v, unit) -> str:
 def markdown(rows: list[Row], skipped: list[dict], fl: list[dict], meta: dict) -> str:
     L = [f"# xen9p bench — {meta['when']} ({meta['profile']} profile)", "",
          f"`{meta['command']}` on {meta['host']}: {meta['cpus']} CPUs ({meta['cpu_model']}), Python "
-         f"{meta['python']}, git {meta['git']}, {meta['elapsed']:.0f} s.", "",
+         f"{meta['python']}, git {meta['git']}, {meta['elapsed']:.0f} s; xen9p servers: {meta['build']}.", "",
          "## Floors", "", "| floor | target | measured | met | notes |", "|---|---|---|---|---|"]
     for f in fl:
         met = "—" if f["value"] is None else ("yes" if f["ok"] else "**no**")
@@ -295,6 +295,15 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
+def _server_build() -> str:
+    """Which code the xen9p servers ran: "source (pure)", "installed (compiled)", ..."""
+    from . import targets
+    try:
+        return f"{targets.WORKER_CODE} ({targets.worker_build()})"
+    except targets.TargetError as e:
+        return f"{targets.WORKER_CODE} (unknown: {e})"
+
+
 def write_report(ctx, out: Path, argv: list[str], elapsed: float) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -302,7 +311,8 @@ def write_report(ctx, out: Path, argv: list[str], elapsed: float) -> dict[str, P
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "profile": ctx.profile.name,
             "command": " ".join(["python", "-m", "bench", *argv[1:]]) if argv and argv[0].endswith("__main__.py")
             else " ".join(argv), "host": socket.gethostname(), "cpus": os.cpu_count(),
-            "cpu_model": _cpu_model(), "python": platform.python_version(), "git": _git(), "elapsed": elapsed}
+            "cpu_model": _cpu_model(), "python": platform.python_version(), "git": _git(), "elapsed": elapsed,
+            "build": _server_build()}
     fl = floors(ctx.rows, ctx.skipped)
     doc = {"meta": meta, "profile": ctx.profile.__dict__, "rows": [r.as_dict() for r in ctx.rows],
            "skipped": ctx.skipped, "floors": fl}

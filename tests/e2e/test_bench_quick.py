@@ -42,3 +42,4 @@ def test_bench_quick(tmp_path):
     assert all(s["reason"] for s in doc["skipped"])
     md = (stem.with_suffix(".md")).read_text()
     assert "## Floors" in md and ">= 30,000" in md
+    assert doc["meta"]["build"] == "source (pure)" and "xen9p servers: source (pure)" in md
