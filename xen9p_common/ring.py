@@ -4,11 +4,9 @@ Pure: no mapping, no event channels; the worker maps the pages and hands them ov
 """
 from __future__ import annotations
 
-from typing import Final
-
 import struct
 import sys
-from typing import Iterator
+from typing import Final, Iterator
 
 from xen9p_common.errors import RingError, Xen9pError
 
