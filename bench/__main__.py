@@ -34,9 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the exported tree is built (default: the system temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs) after the run")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--code", choices=("source", "installed"), default="source",
-                   help="the servers run this tree's .py files (source, the default) or the package installed "
-                        "for this interpreter (installed: the compiled build where pip compiled it)")
+    targets.add_code_argument(p)
     return p
 
 

@@ -207,9 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per pass")
     ap.add_argument("--entries", type=int, default=FULL.readdir_entries, help="entries in the Treaddir directory")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    ap.add_argument("--code", choices=("source", "installed"), default="source",
-                    help="the servers run this tree's .py files (source, the default) or the package installed "
-                         "for this interpreter (installed: the compiled build where pip compiled it)")
+    targets.add_code_argument(ap)
     args = ap.parse_args(argv)
     targets.WORKER_CODE = args.code
     ops = [o for o in args.ops.split(",") if o]

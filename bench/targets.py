@@ -19,32 +19,43 @@ DIOD = "/usr/sbin/diod"
 REPO = Path(__file__).resolve().parents[1]
 # Which code the server processes run: "source" (this tree's .py files: started in the tree, which
 # comes first on their path) or "installed" (the package pip installed for this interpreter — the
-# compiled build where it was compiled: started outside the tree). bench.cost --code sets it.
+# compiled build where it was compiled: started outside the tree). --code sets it (add_code_argument).
+CODES = ("source", "installed")
 WORKER_CODE = "source"
 
 
-def worker_cwd() -> str:
+def add_code_argument(ap) -> None:
+    """The --code option of `python -m bench` and `python -m bench.cost`; the caller sets WORKER_CODE from it."""
+    ap.add_argument("--code", choices=CODES, default="source",
+                    help="the servers run this tree's .py files (source, the default) or the package installed "
+                         "for this interpreter (installed: the compiled build where pip compiled it)")
+
+
+def worker_cwd(code: str | None = None) -> str:
     """The directory server processes start in: it decides, by coming first on sys.path, which code runs."""
-    return str(REPO) if WORKER_CODE == "source" else tempfile.gettempdir()
+    return str(REPO) if (code or WORKER_CODE) == "source" else tempfile.gettempdir()
 
 
-def worker_env() -> dict:
+def worker_env(code: str | None = None) -> dict:
     """The server processes' environment: without PYTHONPATH when they must run the installed package."""
     env = dict(os.environ)
-    if WORKER_CODE != "source":
+    if (code or WORKER_CODE) != "source":
         env.pop("PYTHONPATH", None)
     return env
 
 
-def worker_build() -> str:
+def worker_build(code: str | None = None) -> str:
     """What a server process started as ours are runs: "compiled", "pure" or "mixed" (buildinfo.build());
     raises TargetError when xen9p is not importable there (--code installed without an installed xen9p)."""
+    code = code or WORKER_CODE
     r = subprocess.run([sys.executable, "-c", "from xen9p_common.buildinfo import build; print(build())"],
-                       cwd=worker_cwd(), env=worker_env(), capture_output=True, text=True, timeout=60)
+                       cwd=worker_cwd(code), env=worker_env(code), capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
-        raise TargetError(f"xen9p is not importable by {sys.executable} as {WORKER_CODE} code: "
+        raise TargetError(f"xen9p is not importable by {sys.executable} as {code} code: "
                           f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
     return r.stdout.strip()
+
+
 START_DEADLINE = 20.0
 
 

@@ -16,6 +16,7 @@ import tempfile
 
 import pytest
 
+from bench import targets
 from tests.e2e.killstorm import check, storm
 
 # The test daemon's children get PYTHONPATH=<the tree>; env drops it (and the interpreter path xen9pd passes
@@ -24,18 +25,11 @@ from tests.e2e.killstorm import check, storm
 INSTALLED_WORKER = f"env -u PYTHONPATH -u PYTHONEXECUTABLE {sys.executable} -P -m xen9p_worker"
 
 
-def _installed_env() -> dict:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    return env
-
-
 def _installed_build() -> str:
-    r = subprocess.run([sys.executable, "-P", "-c", "from xen9p_common.buildinfo import build; print(build())"],
-                       cwd=tempfile.gettempdir(), env=_installed_env(), capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
+    try:
+        return targets.worker_build("installed")
+    except targets.TargetError:
         pytest.skip(f"xen9p is not installed for {sys.executable} (pip install .)")
-    return r.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +54,8 @@ def test_demo_on_the_compiled_workers(compiled, tmp_path):
     sim = tempfile.mkdtemp(prefix="cdemo", dir="/tmp")  # short: Unix socket paths are limited
     try:
         r = subprocess.run([sys.executable, "-P", "-m", "xen9p_sim.cli", "demo", "--json", "--no-progress", "--keep",
-                            "--sim-dir", sim, "--timeout", "240"], cwd=tempfile.gettempdir(), env=_installed_env(),
-                           capture_output=True, text=True, timeout=300)
+                            "--sim-dir", sim, "--timeout", "240"], cwd=targets.worker_cwd("installed"),
+                           env=targets.worker_env("installed"), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "no process or shared-memory segment left behind" in r.stdout
         log = open(os.path.join(sim, "xen9pd.log")).read()
