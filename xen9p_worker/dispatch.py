@@ -31,6 +31,7 @@ log = logging.getLogger("xen9p.dispatch")
 
 Reply = Callable[[object], None]  # bytes (a whole frame) or int (length written via alloc)
 Alloc = Callable[[int], list]     # size -> list[memoryview] the reply frame is written into
+Note = Callable[[int], None]      # value -> kept where a crash-resuming successor finds it (ring journal)
 
 _QUEUED, _RUNNING, _DONE, _DROPPED = range(4)
 PENDING = handlers.PENDING
@@ -104,10 +105,10 @@ def error_frame(tag: int, err: int, dialect_u: bool) -> bytes:
 
 
 class Request:
-    __slots__ = ("tag", "msg", "reply", "alloc", "state", "flushes", "cancel")
+    __slots__ = ("tag", "msg", "reply", "alloc", "note", "state", "flushes", "cancel")
 
-    def __init__(self, tag, msg, reply, alloc) -> None:
-        self.tag, self.msg, self.reply, self.alloc = tag, msg, reply, alloc
+    def __init__(self, tag, msg, reply, alloc, note=None) -> None:
+        self.tag, self.msg, self.reply, self.alloc, self.note = tag, msg, reply, alloc, note
         self.state = _QUEUED
         self.flushes: list[tuple[int, Reply]] = []
         self.cancel: Callable[[], bool] | None = None
@@ -145,13 +146,15 @@ class Session:
 
     # -- the transport-facing API --------------------------------------------
 
-    def submit(self, frame, reply: Reply, alloc: Alloc | None = None) -> None:
+    def submit(self, frame, reply: Reply, alloc: Alloc | None = None, note: Note | None = None) -> None:
         """Handle one whole request frame; `reply` gets its reply frame exactly once.
 
         With `alloc`, a Tread writes its reply in place into the segments alloc(size)
         returns and then calls reply(length); any other reply arrives as bytes (the
         transport places it in an allocation it already handed out). `frame` must stay
-        valid until the reply (Twrite data is a view into it).
+        valid until the reply (Twrite data is a view into it). With `note`, a handler about
+        to apply a non-idempotent host call first records what a successor re-running the
+        request after a crash needs (an O_APPEND Twrite: the file's size before it).
         """
         if self.state.epoch != self._epoch:
             self.sync_dialect()
@@ -172,7 +175,7 @@ class Session:
         if fn is None:  # an R message, or a message of the other dialect
             reply(self.error_frame(tag, errno.EOPNOTSUPP))
             return
-        req = Request(tag, msg, reply, alloc)
+        req = Request(tag, msg, reply, alloc, note)
         if cls in self._sync_inline:
             req.state = _RUNNING
             result = self._call(req, fn)

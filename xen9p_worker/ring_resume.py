@@ -5,19 +5,44 @@ Only the resume path uses this (a STARTED journal record whose effect may or may
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 
 from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as M
 
+from .backend.hostops import reopen
+from .fidfds import open_slot
 from .fids import FID_DIR, FID_FILE, FID_PATH
 from .handlers_create import adopt
 from .handlers_u import renamed_by_wstat
 
+log = logging.getLogger("xen9p.ring")
+
 
 def _join(path: bytes, name: bytes) -> bytes:
     return name if not path else path + b"/" + name
+
+
+def _whole(frame) -> bytes:
+    """A request frame as bytes (a Twrite over the ring's end arrives as two views)."""
+    return b"".join(bytes(v) for v in frame) if isinstance(frame, list) else bytes(frame)
+
+
+def _found_past(fd: int, data: bytes, since: int) -> bool:
+    """Is `data` somewhere in the file at or past offset `since`?"""
+    chunk = max(1 << 20, 2 * len(data))
+    pos, tail = since, b""
+    while True:
+        buf = os.pread(fd, chunk, pos)
+        if not buf:
+            return False
+        hay = tail + buf
+        if data in hay:
+            return True
+        tail = hay[len(hay) - len(data) + 1:] if len(data) > 1 else b""
+        pos += len(buf)
 
 
 class ResumeFixup:
@@ -31,15 +56,22 @@ class ResumeFixup:
     def __init__(self, session) -> None:
         self.s = session
 
-    def prepare(self, frame):
-        """Returns the frame to run (maybe rewritten), or a ready reply (bytes) to send instead."""
+    def prepare(self, frame, note: int = 0):
+        """Returns the frame to run (maybe rewritten), or a ready reply (bytes) to send instead.
+
+        `note` is what the predecessor's handler noted in the journal record before its host
+        call (0: nothing; see journal.RingJournal.note).
+        """
         try:
-            msg = M.decode(bytes(frame))
+            msg = M.decode(_whole(frame))
         except Exception:
             return frame
         fids = self.s.fids
         t = type(msg)
-        if t in (M.Twalk, M.Txattrwalk) and msg.newfid != msg.fid:
+        if t is M.Twrite:
+            if note and self._appended(msg, note - 1):
+                return M.encode(M.Rwrite(msg.tag, len(msg.data)))
+        elif t in (M.Twalk, M.Txattrwalk) and msg.newfid != msg.fid:
             self._forget(msg.newfid)
         elif t is M.Tattach:
             self._forget(msg.fid)
@@ -106,6 +138,42 @@ class ResumeFixup:
         return reply
 
     # -- helpers -------------------------------------------------------------------
+
+    def _appended(self, msg, since: int) -> bool:
+        """Did the predecessor append msg.data to its O_APPEND file (then `since` bytes long)?
+
+        Its data lands at or past `since` (other appenders may have gone first), so it is looked
+        for there. Data equal to a later append of someone else's reads as ours: that append
+        then counts for both (a guest cannot tell them apart either).
+        """
+        try:
+            e = self.s.fids.get(msg.fid)
+        except OSError:
+            return False
+        data = bytes(msg.data)
+        if e.kind != FID_FILE or not e.open_flags & os.O_APPEND or not data:
+            return False
+        try:
+            slot = open_slot(self.s, msg.fid, e)
+        except OSError:
+            return False
+        try:
+            try:
+                return _found_past(slot.fd, data, since)
+            except OSError as err:
+                if err.errno != errno.EBADF:  # opened write-only: read it through another open
+                    raise
+            fd = reopen(slot.fd, os.O_RDONLY)
+            try:
+                return _found_past(fd, data, since)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            log.warning("resuming an O_APPEND Twrite (tag %d): cannot read the file back (%s); "
+                        "appending it again", msg.tag, err.strerror)
+            return False
+        finally:
+            self.s.fds.release(slot)
 
     def _exists(self, fid: int) -> bool:
         try:

@@ -18,7 +18,9 @@ Crash-resumption protocol (the journal is per ring, in the device state, see sha
    (same tag and size) is resolved from the record (skip if published, resend the stored
    reply, else re-run it: STARTED work is either idempotent or not yet applied, except in
    the microseconds between a host call returning and step 3 — a re-run of such a
-   non-idempotent call answers with the error the host gives, e.g. EEXIST).
+   non-idempotent call answers with the error the host gives, e.g. EEXIST; an O_APPEND
+   Twrite notes the file's size in its record before appending, and its re-run looks for
+   its data past that size instead of appending twice).
 Records behind out_cons are dead and freed. Data replies (Rread, Rreaddir) are never
 stored: they are recomputed, which is harmless for reads.
 
@@ -127,6 +129,9 @@ class _Pending:
     def reply(self, result) -> None:
         self.w._reply(self, result)
 
+    def note(self, value: int) -> None:
+        self.w._note(self, value)
+
 
 class _ResumedPending(_Pending):
     """A re-run request: its reply passes through ResumeFixup.translate."""
@@ -209,7 +214,8 @@ class RingWorker:
         session.on_new_session = self._version_reset
         self._on_loop = threading.get_ident()
         # Fault injection for crash-resumption tests: die by SIGKILL at the n-th reply that
-        # reaches `point` (applied | done | replying | published). None in production.
+        # reaches `point` (applied | done | replying | published), or at the n-th journal note
+        # (noted: just before a non-idempotent host call). None in production.
         self._fault = fault
         self._fault_count = 0
         self._pass_at = clock()  # when the loop last passed (the watchdog reads it)
@@ -535,7 +541,7 @@ class RingWorker:
             if need <= self.ring.size and (self._held or need > self._free_room()):
                 self._held.append((p, frame, need))
                 return
-        self.session.submit(frame, p.reply, p.alloc)
+        self.session.submit(frame, p.reply, p.alloc, p.note)
 
     def _free_room(self) -> int:
         try:
@@ -563,7 +569,7 @@ class RingWorker:
             if need > self._free_room():
                 return
             held.popleft()
-            self.session.submit(frame, p.reply, p.alloc)
+            self.session.submit(frame, p.reply, p.alloc, p.note)
 
     def _resume_one(self, rec: J.Record, index: int, size: int, tag: int, mtype: int, frame) -> None:
         self.metrics.resumed += 1
@@ -584,7 +590,7 @@ class RingWorker:
         # Started by the predecessor, maybe applied: re-run so it counts once (ring_resume).
         self.journal.restart(rec.slot)
         fix = ResumeFixup(self.session)
-        out = fix.prepare(frame)
+        out = fix.prepare(frame, rec.note)
         if out is not frame and out[4] & 1:
             self._order.append(p)
             with self._tag_mu:
@@ -674,6 +680,12 @@ class RingWorker:
             raise
         p.held = True
         return p.segs
+
+    def _note(self, p: _Pending, value: int) -> None:
+        """A handler's fact for a successor, before its non-idempotent host call (crash resumption)."""
+        self.journal.note(p.slot, value)
+        if self._fault is not None:
+            self._crash("noted")
 
     def _reply(self, p: _Pending, result, retry: bool = False) -> None:
         ring = self.ring

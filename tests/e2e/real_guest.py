@@ -220,7 +220,9 @@ class Load:
                     rec = f"{payload} {hashlib.sha256(payload.encode()).hexdigest()}\n".encode()
                     assert f.write(rec, 0) == len(rec)  # O_APPEND: a write applied twice shows as a duplicate
                     want += rec
-                assert f.read(0, len(want) + 100) == want, f"{tmp}: read back differs"
+                got = f.read(0, len(want) + 100)
+                assert got == want, (f"{tmp}: read back differs: {len(got.splitlines())} records "
+                                     f"({len(got)} bytes), {self.RECORDS} written ({len(want)} bytes)")
             self.root.rename(tmp, self.root, final)
             with self.root.walk([final]) as f2, f2.open(c.L_O_RDONLY) as f3:
                 assert f3.read(0, len(want) + 100) == want, f"{final}: read back after rename differs"

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as M
 
 from .ring_worker_harness import Device
@@ -168,3 +169,52 @@ def test_crash_at_each_journal_step(device, point, op):
         assert f.read() == b"after"
     assert d.stop() == {0: 0, 1: 0}
     assert d.ds.ring_counters(1)["resumed_total"] == 1  # the successor found it in the journal
+
+
+@pytest.mark.parametrize("repeat", [False, True], ids=["new-data", "same-data-again"])
+@pytest.mark.parametrize("point", ["noted", "applied", "done", "replying", "published"])
+def test_crash_around_an_o_append_write_appends_it_once(device, point, repeat):
+    """A Twrite to an O_APPEND file is not idempotent: its successor must not append it a second
+    time when the predecessor had (applied), nor drop it when it had not (noted: died just before
+    the append), also when the file already ends with the same bytes."""
+    d = device
+    second = b"same\n" if repeat else b"other\n"
+    d.start(0)
+    # Ring 1 serves: reply 1 Rversion, 2 Twalk, 3 Tlcreate, 4 and 5 (note 1 and 2) the first two appends.
+    d.start(1, extra_env={"XEN9P_RING_FAULT": "noted:2" if point == "noted" else f"{point}:5"})
+    victim = d.procs[1]
+    steps = [
+        (M.Tversion(M.NOTAG, 8192, "9P2000.L"), M.Rversion),
+        (M.Tattach(0, 0, M.NOFID, "root", "", 0), M.Rattach),                             # ring 0
+        (M.Twalk(1, 0, 5, []), M.Rwalk),
+        (M.Tlcreate(3, 5, "log", O_RDWR | C.L_O_APPEND, 0o644, 0), M.Rlcreate),
+        (M.Twrite(5, 5, 0, b"same\n"), M.Rwrite),
+        (M.Twrite(7, 5, 0, second), M.Rwrite),                                             # the crash
+        (M.Twrite(9, 5, 0, b"end\n"), M.Rwrite),
+    ]
+    ring1 = d.guest.rings[1].fr
+    got = {}
+    for msg, want in steps:
+        if d.procs[1] is victim:
+            wait_for(lambda: ring1.request_space() == ring1.size or victim.poll() is not None,
+                     what="ring 1 to retire earlier requests")
+        d.guest.send(M.encode(msg))
+        if d.procs[1] is victim:
+            def settled(tag=msg.tag):
+                d.guest.poll(0.01)
+                return victim.poll() is not None or any(t == tag for _, t, _ in d.guest.replies)
+            wait_for(settled, what=f"{msg!r} answered or the worker dead")
+        if d.procs[1] is victim and victim.poll() is not None:
+            assert victim.wait() == -9
+            assert msg.tag == 7, f"died on {msg!r}, not on the second append"
+            d.start(1)
+        got[msg.tag] = r = M.decode(d.guest.take(msg.tag, timeout=15))
+        assert isinstance(r, want), f"{point}: {msg!r} -> {r!r}"
+    assert d.procs[1] is not victim, "the fault never fired"
+    d.guest.poll(0.05)
+    assert len(d.guest.replies) == len(steps)  # exactly once each
+    assert [got[t].count for t in (5, 7, 9)] == [5, len(second), 4]
+    with open(os.path.join(d.export, "log"), "rb") as f:
+        assert f.read() == b"same\n" + second + b"end\n"
+    assert d.stop() == {0: 0, 1: 0}
+    assert d.ds.ring_counters(1)["resumed_total"] == 1

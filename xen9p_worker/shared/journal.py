@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from . import layout as L
 
 # Record: state u8 | mtype u8 | tag u16 | req_index u32 | req_size u32 | reply_pos u32
-#         | reply_len u32 | stored_len u16 | pad u16 | seq u64 ... reply bytes @32 (480)
+#         | reply_len u32 | stored_len u16 | pad u16 | note u64 ... reply bytes @32 (480)
+# note: 0, or 1 + a fact the handler recorded before a non-idempotent host call (the size an
+# O_APPEND file had before a Twrite), so that a successor can tell whether the call happened.
 _REC = struct.Struct("<BBHIIIIHHQ")
 REPLY_OFF = 32
 REPLY_MAX = L.JOURNAL_REC_SIZE - REPLY_OFF
@@ -45,6 +47,7 @@ class Record:
     reply_pos: int
     reply_len: int
     stored: bytes
+    note: int = 0  # 0: nothing noted; else 1 + the value noted before applying (see note())
 
     def published_by(self, in_prod: int) -> bool:
         """Was the reply wholly published, given the page's in_prod (u32 modular order)?"""
@@ -161,6 +164,10 @@ class RingJournal:
         struct.pack_into("<H", self._buf, off + 20, 0)
         self._buf[off] = STARTED
 
+    def note(self, slot: int, value: int) -> None:
+        """Before a non-idempotent host call: a fact a successor needs to tell whether it happened."""
+        L.U64.pack_into(self._buf, self._off(slot) + 24, value + 1)
+
     def done(self, slot: int, reply: bytes | None) -> None:
         """The request was served; keep `reply` when it fits (it is resent, never recomputed)."""
         off = self._off(slot)
@@ -190,9 +197,9 @@ class RingJournal:
 
     def record(self, slot: int) -> Record:
         off = self._off(slot)
-        state, mtype, tag, idx, size, pos, rlen, slen, _, _ = _REC.unpack_from(self._buf, off)
+        state, mtype, tag, idx, size, pos, rlen, slen, _, note = _REC.unpack_from(self._buf, off)
         stored = bytes(self._buf[off + REPLY_OFF:off + REPLY_OFF + min(slen, REPLY_MAX)])
-        return Record(slot, state, mtype, tag, idx, size, pos, rlen, stored)
+        return Record(slot, state, mtype, tag, idx, size, pos, rlen, stored, note)
 
     def records(self) -> list[Record]:
         out = []
