@@ -110,6 +110,23 @@ def test_max_space_on_twrite_and_twstat_length(export):
     srv.close()
 
 
+def test_max_space_counts_an_append_from_the_end_of_the_file_not_its_offset(export):
+    srv, c = make(export, limits=Limits(max_space=1 << 20))
+    c.ok(M.Twalk, 0, 1, ())
+    c.ok(M.Tcreate, 1, "log", 0o644, C.ORDWR | C.OAPPEND, "")
+    chunk = b"z" * 8000
+    refused = None
+    for i in range(400):  # 3.2 MB offered at offset 0: an append lands at the end, whatever the offset
+        r = c.call(M.Twrite(5, 1, 0, chunk))
+        if isinstance(r, M.Rerror):
+            refused = (i, r.ecode)
+            break
+    assert refused is not None and refused[1] == errno.ENOSPC, refused
+    assert (export / "log").stat().st_size <= 1 << 20
+    assert refused[0] * len(chunk) == (export / "log").stat().st_size  # everything before the refusal landed
+    srv.close()
+
+
 def test_many_requests_in_flight_and_tflush(export):
     (export / "f").write_bytes(bytes(range(256)) * 64)
     srv, c = make(export)
