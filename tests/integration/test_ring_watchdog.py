@@ -21,7 +21,7 @@ class HoldingSession(StubSession):
         super().__init__()
         self.held: dict[int, object] = {}
 
-    def submit(self, frame, reply, alloc=None) -> None:
+    def submit(self, frame, reply, alloc=None, note=None) -> None:
         msg = M.decode(bytes(frame))
         if isinstance(msg, M.Tgetattr):
             self.held[msg.tag] = reply

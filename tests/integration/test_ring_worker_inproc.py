@@ -23,7 +23,7 @@ class ScriptedSession(StubSession):
         super().__init__()
         self.frames: list[tuple[str, bytes]] = []
 
-    def submit(self, frame, reply, alloc=None) -> None:
+    def submit(self, frame, reply, alloc=None, note=None) -> None:
         if isinstance(frame, list):
             raw = b"".join(bytes(v) for v in frame)
             self.frames.append(("segments", raw))

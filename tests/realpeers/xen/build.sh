@@ -25,7 +25,7 @@ esac
 XENPKG=xen-hypervisor-$XENVER-amd64
 # Everything dom0 needs, offline: Xen's toolstack, the xen9p .deb's dependencies (the lab installs
 # the project's package at boot), pytest, and the workload tools copied into the domU.
-DOM0_PKGS="kmod,busybox,python3,procps,iproute2,xen-utils-$XENVER,xenstore-utils,python3-pytest,python3-pyxs,python3-zmq,python3-cffi-backend,python3-psutil,python3-prometheus-client,fio,attr,e2fsprogs${SUITE_PKGS:+,$SUITE_PKGS}"
+DOM0_PKGS="kmod,busybox,python3,procps,iproute2,xen-utils-$XENVER,xenstore-utils,python3-pytest,python3-pytest-timeout,python3-pyxs,python3-zmq,python3-cffi-backend,python3-psutil,python3-prometheus-client,fio,attr,e2fsprogs${SUITE_PKGS:+,$SUITE_PKGS}"
 # The platform stage runs the checkout with the project's pinned wheels (Debian's python3-zmq and
 # python3-pyxs 0.4.2~git differ); xen9pd itself runs from the installed .deb on Debian's packages.
 WHEELS="pyzmq>=25 psutil>=5.9 pyxs==0.4.1"

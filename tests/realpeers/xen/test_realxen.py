@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.realpeer, pytest.mark.slow]
-
 HERE = Path(__file__).resolve().parent
 # Build (cold ~2 min) + .deb + boot (~30 s) + xen9pd and workers (~2 min) + one domU case (~10 min under TCG).
 BUDGET_S = 3000
+
+pytestmark = [pytest.mark.realpeer, pytest.mark.slow, pytest.mark.timeout(BUDGET_S + 300)]
 
 
 def reduced_run(opt_in: str, suite: str, cases: str, extra_env: dict[str, str]) -> None:
