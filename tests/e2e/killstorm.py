@@ -42,9 +42,15 @@ def percentile(xs: list[float], p: float) -> float:
 
 
 def storm(kills: int, guests: int = 4, seed: int = 1, log=print, **settings) -> dict:
-    """`settings`: xen9pd settings for the World (worker_cmd, to run another build of the workers)."""
+    """`settings`: xen9pd settings for the World (worker_cmd, to run another build of the workers).
+
+    The storm kills serving workers as soon as they serve again; xen9pd's crash-loop guard would
+    rightly give up on a ring whose workers died three times within `startsecs` of starting
+    (how often the same ring draws three quick kills depends on how fast workers start), so
+    startsecs is 0 here: only a death before the worker is ready counts as a failed start.
+    """
     rnd = random.Random(seed)
-    world = World("ks", **settings)
+    world = World("ks", **{"startsecs": 0.0, **settings})
     gs: list[RealGuest] = []
     loads: list[VerifiedLoad] = []
     try:
