@@ -13,8 +13,8 @@ from xen9p_common.p9 import constants as C
 from xen9p_common.p9 import messages as M
 
 from .backend.hostops import reopen
-from .fidfds import open_slot
-from .fids import FID_DIR, FID_FILE, FID_PATH
+from .fidfds import open_slot, path_slot, release
+from .fids import FID_DIR, FID_FILE, FID_PATH, FID_XATTR_WRITE
 from .handlers_create import adopt
 from .handlers_u import renamed_by_wstat
 
@@ -78,6 +78,9 @@ class ResumeFixup:
         elif t in (M.Tclunk, M.Tremove):
             if not self._exists(msg.fid):
                 return M.encode(M.Rclunk(msg.tag) if t is M.Tclunk else M.Rremove(msg.tag))
+            if t is M.Tclunk and self._xattr_applied(msg.fid):
+                release(self.s, msg.fid, fids.remove(msg.fid))
+                return M.encode(M.Rclunk(msg.tag))
         elif t in (M.Tlopen, M.Txattrcreate, M.Topen):
             self._back_to_path(msg.fid)
         elif t is M.Tcreate:
@@ -138,6 +141,27 @@ class ResumeFixup:
         return reply
 
     # -- helpers -------------------------------------------------------------------
+
+    def _xattr_applied(self, fid: int) -> bool:
+        """Does the host show the xattr change this Txattrcreate fid's clunk makes, where a
+        second application would fail (XATTR_CREATE: EEXIST; a removal: ENODATA)?"""
+        e = self.s.fids.get(fid)
+        if e.kind != FID_XATTR_WRITE or len(e.xattr_value) != e.xattr_size:
+            return False
+        removal = e.xattr_size == 0 and e.xattr_flags & C.XATTR_REPLACE
+        if not removal and not e.xattr_flags & C.XATTR_CREATE:
+            return False  # a plain or replacing set: applying it again is harmless
+        try:
+            slot = path_slot(self.s, fid, e.copy(kind=FID_PATH))
+        except OSError:
+            return False
+        try:
+            value = self.s.backend.xattr_get(slot.fd, e.xattr_name)
+        except OSError as err:
+            return bool(removal) and err.errno == errno.ENODATA
+        finally:
+            self.s.fds.release(slot)
+        return not removal and value == e.xattr_value
 
     def _appended(self, msg, since: int) -> bool:
         """Did the predecessor append msg.data to its O_APPEND file (then `since` bytes long)?
