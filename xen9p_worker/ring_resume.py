@@ -69,7 +69,7 @@ class ResumeFixup:
         fids = self.s.fids
         t = type(msg)
         if t is M.Twrite:
-            if note and self._appended(msg, note - 1):
+            if (note and self._appended(msg, note - 1)) or self._xattr_written(msg):
                 return M.encode(M.Rwrite(msg.tag, len(msg.data)))
         elif t in (M.Twalk, M.Txattrwalk) and msg.newfid != msg.fid:
             self._forget(msg.newfid)
@@ -141,6 +141,17 @@ class ResumeFixup:
         return reply
 
     # -- helpers -------------------------------------------------------------------
+
+    def _xattr_written(self, msg) -> bool:
+        """Is this Twrite's chunk of an xattr value already the end of the fid's value? (Chunks
+        must arrive in order: a re-run of an applied one would be refused with EINVAL.)"""
+        try:
+            e = self.s.fids.get(msg.fid)
+        except OSError:
+            return False
+        data = bytes(msg.data)
+        return (e.kind == FID_XATTR_WRITE and bool(data) and msg.offset + len(data) == len(e.xattr_value)
+                and e.xattr_value[msg.offset:] == data)
 
     def _xattr_applied(self, fid: int) -> bool:
         """Does the host show the xattr change this Txattrcreate fid's clunk makes, where a

@@ -108,3 +108,21 @@ def test_the_fid_stays_in_the_table_while_its_change_is_applied(conn, monkeypatc
     assert isinstance(c.raw(frame), M.Rclunk)
     assert seen == [b"v"]
     assert _fid_gone(c, 16)
+
+
+def test_an_xattr_value_chunk_already_taken_is_answered_not_refused(conn):
+    """Twrite chunks of an xattr value must come in order: a re-run of one the fid has is not a gap."""
+    export, c = conn
+    c.ok(M.Twalk, 0, 17, ("f",))
+    c.ok(M.Txattrcreate, 17, "user.w", 6, 0)
+    first = M.encode(M.Twrite(901, 17, 0, b"abc"))
+    assert ResumeFixup(c.s).prepare(first) is first  # not taken yet: run it
+    assert isinstance(c.raw(first), M.Rwrite)
+    assert c.raw(first).ecode == errno.EINVAL  # what a plain re-run answers
+    out = ResumeFixup(c.s).prepare(first)
+    assert M.decode(out) == M.Rwrite(901, 3)
+    second = M.encode(M.Twrite(902, 17, 3, b"def"))
+    assert ResumeFixup(c.s).prepare(second) is second
+    assert isinstance(c.raw(second), M.Rwrite)
+    assert isinstance(c.raw(M.encode(M.Tclunk(903, 17))), M.Rclunk)
+    assert os.getxattr(export / "f", "user.w") == b"abcdef"
