@@ -6,7 +6,9 @@ them (the Debian package does: its .deb is "Architecture: all"); so does a machi
 the build environment. A failed C compile (no gcc, no Python.h) leaves the pure build, with pip's
 warning. A module that does not type-check fails the build: that is a bug to fix, not to hide.
 """
+import glob
 import os
+import shutil
 
 from setuptools import setup
 
@@ -31,4 +33,13 @@ def compiled_extensions() -> list:
     return extensions
 
 
-setup(ext_modules=compiled_extensions())
+def drop_built_libraries(root: str) -> None:
+    """Forget the extensions an earlier in-tree build left in build/lib*: a module taken off
+    COMPILED_MODULES would otherwise ship its stale .so, which Python imports ahead of its .py."""
+    for d in glob.glob(os.path.join(root, "build", "lib*")):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":  # how pip (setuptools.build_meta) runs it
+    drop_built_libraries(os.path.dirname(os.path.abspath(__file__)))
+    setup(ext_modules=compiled_extensions())
