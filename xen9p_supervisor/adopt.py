@@ -109,7 +109,8 @@ def mapped_segment(pid: int, domid: int, devid: int, proc: str = "/proc") -> str
 
 def find_workers(supervisor: str, platform: str, sim_dir: str | None, proc: str = "/proc") -> list[LiveWorker]:
     """Live ring workers started to report to `supervisor` on this platform (and sim dir); each one's
-    state_name is the segment it maps now (see mapped_segment), else its command line's."""
+    state_name is the segment it maps now (see mapped_segment), else its command line's. A process
+    is a worker by its title, or, untitled (a wrapped worker_cmd), by the device state it maps."""
     out = []
     me = os.getpid()
     for name in os.listdir(proc):
@@ -120,7 +121,7 @@ def find_workers(supervisor: str, platform: str, sim_dir: str | None, proc: str 
                 argv = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
         except OSError:
             continue
-        if not argv or not argv[0].startswith("xen9p dom"):  # the title Launcher.spawn gives a worker
+        if not argv:
             continue
         opts = parse_worker_argv(argv)
         if opts is None or opts["supervisor"] != supervisor or opts["platform"] != platform \
@@ -130,7 +131,13 @@ def find_workers(supervisor: str, platform: str, sim_dir: str | None, proc: str 
         ticks = _start_ticks(pid)
         if ticks is None or not pid_alive(pid):
             continue
-        state = mapped_segment(pid, opts["domid"], opts["devid"], proc) or opts["state"]
+        mapped = mapped_segment(pid, opts["domid"], opts["devid"], proc)
+        # Launcher.spawn titles a worker "xen9p domD/devN/ringR" (argv[0]); a worker_cmd that is a
+        # wrapper (env, nice, a script that execs Python) loses the title, so an untitled command
+        # line counts only once it maps its device state: a wrapper that stays alive never does.
+        if not argv[0].startswith("xen9p dom") and mapped is None:
+            continue
+        state = mapped or opts["state"]
         spec = RingSpec(opts["domid"], opts["devid"], opts["ring"], opts["ring_ref"], opts["evtchn"],
                         state, opts["export"], opts["security_model"], opts["supervisor"])
         out.append(LiveWorker(pid, ticks, spec, platform, sim_dir))

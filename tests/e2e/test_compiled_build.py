@@ -71,3 +71,33 @@ def test_kill_storm_on_the_compiled_workers(compiled):
     check(result)
     assert sum(result["killed"].values()) == 5
     assert result["builds"] == ["compiled"], result["builds"]  # the restarted workers too
+
+
+@pytest.mark.slow
+def test_compiled_workers_started_through_a_wrapper_are_adopted_by_the_next_daemon(compiled):
+    """INSTALLED_WORKER is a wrapper (env), so the workers run without the title xen9pd gives argv[0]:
+    the next daemon must still find them (by the device state each maps) and adopt them, not start
+    rivals that find the ring held and give the device up."""
+    from tests.e2e.real_guest import Load, RealGuest, World, shut_down
+    from tests.e2e.xen9pd_helpers import ring
+    from tests.waiting import wait_for
+
+    world = World("cad", worker_cmd=INSTALLED_WORKER)
+    g = RealGuest(world, 40).mount()
+    load = Load(g.client, g.root, threads=2, burst=8, files=1).start()
+    try:
+        load.wait_ops(50, "workload under way")
+        names = [f"{g.name}/ring{i}" for i in (0, 1)]
+        pids = {n: ring(world.daemon, n)["pid"] for n in names}
+        world.daemon.stop(9)
+        new = world.start_daemon()
+        wait_for(lambda: all(ring(new, n)["state"] == "running" for n in names), 60, "both rings serving again")
+        assert {n: ring(new, n)["pid"] for n in names} == pids, new.logs()[-3000:]
+        assert f"{g.name}: adopted from the previous xen9pd" in new.logs()
+        assert {ring(new, n).get("build") for n in names} <= {"compiled", None}
+        load.wait_ops(100, "workload going on under the new daemon")
+        load.stop()
+        assert not load.errors, load.errors
+        assert load.verify_files(g.export) > 0
+    finally:
+        shut_down([load], [g], world)

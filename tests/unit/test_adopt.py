@@ -196,3 +196,27 @@ def test_layout_version_of_a_segment():
     finally:
         ds.close()
         ds.unlink()
+
+
+def test_an_untitled_worker_is_found_by_the_device_state_it_maps_and_a_wrapper_is_not(tmp_path):
+    """worker_cmd may be a wrapper (env, nice, a script that execs Python): the worker then runs
+    without the title Launcher gives argv[0]. It is still adopted once it maps its device state; a
+    wrapper process that stays alive with the same arguments maps nothing and is not a worker."""
+    seg = tmp_path / "xen9p-ds-3-0-111-1"
+    seg.write_bytes(b"\0" * 4096)
+    code = (f"import mmap, sys, time; f = open({str(seg)!r}, 'r+b'); m = mmap.mmap(f.fileno(), 4096); "
+            "print('mapped', flush=True); time.sleep(60)")
+    argv = Launcher([sys.executable, "-c", code, "--"], "sim", "/tmp/simx").argv(_spec(state=seg.name))
+    idle = Launcher([sys.executable, "-c", "print('up', flush=True); import time; time.sleep(60)", "--"], "sim",
+                    "/tmp/simx").argv(_spec(state=seg.name))
+    worker = subprocess.Popen(argv, stdout=subprocess.PIPE)      # no title: argv[0] is the interpreter
+    wrapper = subprocess.Popen(idle, stdout=subprocess.PIPE)
+    try:
+        assert worker.stdout.readline() == b"mapped\n" and wrapper.stdout.readline() == b"up\n"
+        found = {w.pid: w for w in find_workers("ipc:///run/xen9p/workers.sock", "sim", "/tmp/simx")}
+        assert worker.pid in found and found[worker.pid].spec.state_name == seg.name
+        assert wrapper.pid not in found
+    finally:
+        for p in (worker, wrapper):
+            p.kill()
+            p.wait()
