@@ -69,8 +69,14 @@ class Launcher:
         argv = self.argv(spec)
         exe = shutil.which(argv[0]) or argv[0]
         # The title replaces argv[0] (ps shows "xen9p dom3/dev0/ring1 -m xen9p_worker ..."); Python derives
-        # sys.executable from argv[0], so tell it the real interpreter path.
-        env = dict(os.environ, PYTHONEXECUTABLE=exe)
+        # sys.executable from argv[0], so tell it the real interpreter path. Not when worker_cmd starts
+        # with a wrapper (env, nice, a script): the Python it execs gets its own argv[0], and
+        # PYTHONEXECUTABLE would make the wrapper its sys.executable (what the lock keeper is run with).
+        env = dict(os.environ)
+        if os.path.basename(exe).startswith(("python", "pypy")):
+            env["PYTHONEXECUTABLE"] = exe
+        else:
+            env.pop("PYTHONEXECUTABLE", None)
         title = f"xen9p {spec.name}"
 
         def in_child() -> None:

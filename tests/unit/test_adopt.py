@@ -2,6 +2,7 @@
 daemon's workers, device state layout versions, and the segment sweep sparing what a live worker maps."""
 from __future__ import annotations
 
+import ast
 import mmap
 import os
 import signal
@@ -220,3 +221,17 @@ def test_an_untitled_worker_is_found_by_the_device_state_it_maps_and_a_wrapper_i
         for p in (worker, wrapper):
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["python", "env-wrapper"])
+def test_spawned_worker_knows_its_interpreter_whether_or_not_worker_cmd_wraps_it(tmp_path, wrapped):
+    """The title replaces argv[0], so xen9pd names the interpreter in PYTHONEXECUTABLE; behind a wrapper
+    that would name the wrapper, and the worker would run its lock keeper with `env -m ...`."""
+    out = tmp_path / "seen"
+    code = f"import os, sys; open({str(out)!r}, 'w').write(repr((sys.executable, os.environ.get('PYTHONEXECUTABLE'))))"
+    cmd = (["env"] if wrapped else []) + [sys.executable, "-c", code, "--"]
+    p = Launcher(cmd, "sim", "/tmp/simx").spawn(_spec(), None)
+    assert p.wait(timeout=30) == 0
+    executable, env_value = ast.literal_eval(out.read_text())
+    assert os.path.realpath(executable) == os.path.realpath(sys.executable)
+    assert env_value == (None if wrapped else sys.executable)
