@@ -26,6 +26,7 @@ from xen9p_common.platform.sim.evtchn import SimEventChannels
 from xen9p_common.platform.sim.grants import SimDomainMemory
 from xen9p_common.ring import FrontendRing, Intf, ring_size
 from xen9p_worker.shared.device_state import SHM_DIR, DeviceState
+from tests.waiting import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GUEST = 7
@@ -215,6 +216,37 @@ class Device:
         self.client = Client(self.guest, timeout=20.0)
         self.client.version(msize)
         return self.client
+
+    def steps_through_a_crash(self, steps: list, label: str, ring: int = 1) -> tuple[dict, object]:
+        """Send (request, reply class) steps one at a time while ring `ring`'s worker (started with an
+        XEN9P_RING_FAULT) is due to SIGKILL itself; when it does, start its successor without the fault.
+        Every reply must be of its step's class. Returns the replies by tag and the request the worker
+        died on (None: the fault never fired)."""
+        victim = self.procs[ring]
+        fr = self.guest.rings[ring].fr
+        got: dict = {}
+        died_on = None
+        for msg, want in steps:
+            if self.procs[ring] is victim:
+                # The guest has a reply once in_prod moves; the worker retires that request (journal
+                # PUBLISHED, out_cons) a moment later, maybe from an I/O thread. Let the victim retire
+                # every earlier request, so the crash leaves exactly one in flight to resume (a victim
+                # killed at "published" never retires the request it died on).
+                wait_for(lambda: fr.request_space() == fr.size or victim.poll() is not None,
+                         what=f"ring {ring} to retire earlier requests")
+            self.guest.send(M.encode(msg))
+            if self.procs[ring] is victim:
+                def settled(tag=msg.tag):  # the reply, or the worker dead serving this request
+                    self.guest.poll(0.01)
+                    return victim.poll() is not None or any(t == tag for _, t, _ in self.guest.replies)
+                wait_for(settled, what=f"{msg!r} answered or the worker dead")
+                if victim.poll() is not None:
+                    assert victim.wait() == -9
+                    died_on = msg
+                    self.start(ring)  # the successor, without the fault
+            got[msg.tag] = r = M.decode(self.guest.take(msg.tag, timeout=15))
+            assert isinstance(r, want), f"{label}: {msg!r} -> {r!r}"
+        return got, died_on
 
     def kill(self, ring: int, sig: int = 9) -> int:
         p = self.procs[ring]

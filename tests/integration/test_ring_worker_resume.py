@@ -127,7 +127,6 @@ def test_crash_at_each_journal_step(device, point, op):
     d = device
     d.start(0)
     d.start(1, extra_env={"XEN9P_RING_FAULT": f"{point}:{OPS[op]}"})
-    victim = d.procs[1]
     steps = [
         (M.Tversion(M.NOTAG, 8192, "9P2000.L"), M.Rversion),
         (M.Tattach(0, 0, M.NOFID, "root", "", 0), M.Rattach),          # ring 0
@@ -140,28 +139,8 @@ def test_crash_at_each_journal_step(device, point, op):
         (M.Twrite(11, 6, 0, b"after"), M.Rwrite),
         (M.Tgetattr(13, 6, 0x7FF), M.Rgetattr),
     ]
-    ring1 = d.guest.rings[1].fr
-    for msg, want in steps:
-        if d.procs[1] is victim:
-            # The guest has a reply once in_prod moves; the worker retires that request (journal
-            # PUBLISHED, out_cons) a moment later, for Tmkdir from an I/O thread. Let the victim
-            # retire every earlier request, so the crash leaves exactly one in flight to resume
-            # (a victim killed at "published" never retires the request it died on).
-            wait_for(lambda: ring1.request_space() == ring1.size or victim.poll() is not None,
-                     what="ring 1 to retire earlier requests")
-        d.guest.send(M.encode(msg))
-        if d.procs[1] is victim:
-            # Wait for the reply, or for the worker to die serving this request.
-            def settled(tag=msg.tag):
-                d.guest.poll(0.01)
-                return victim.poll() is not None or any(t == tag for _, t, _ in d.guest.replies)
-            wait_for(settled, what=f"{msg!r} answered or the worker dead")
-        if d.procs[1] is victim and victim.poll() is not None:
-            assert victim.wait() == -9
-            d.start(1)  # the successor, without the fault
-        r = M.decode(d.guest.take(msg.tag, timeout=15))
-        assert isinstance(r, want), f"{point}/{op}: {msg!r} -> {r!r}"
-    assert d.procs[1] is not victim, "the fault never fired"
+    _, died_on = d.steps_through_a_crash(steps, f"{point}/{op}")
+    assert died_on is not None, "the fault never fired"
     d.guest.poll(0.05)
     assert len(d.guest.replies) == len(steps)  # exactly once each
     assert not os.path.exists(os.path.join(d.export, "m"))
@@ -182,7 +161,6 @@ def test_crash_around_an_o_append_write_appends_it_once(device, point, repeat):
     d.start(0)
     # Ring 1 serves: reply 1 Rversion, 2 Twalk, 3 Tlcreate, 4 and 5 (note 1 and 2) the first two appends.
     d.start(1, extra_env={"XEN9P_RING_FAULT": "noted:2" if point == "noted" else f"{point}:5"})
-    victim = d.procs[1]
     steps = [
         (M.Tversion(M.NOTAG, 8192, "9P2000.L"), M.Rversion),
         (M.Tattach(0, 0, M.NOFID, "root", "", 0), M.Rattach),                             # ring 0
@@ -192,25 +170,9 @@ def test_crash_around_an_o_append_write_appends_it_once(device, point, repeat):
         (M.Twrite(7, 5, 0, second), M.Rwrite),                                             # the crash
         (M.Twrite(9, 5, 0, b"end\n"), M.Rwrite),
     ]
-    ring1 = d.guest.rings[1].fr
-    got = {}
-    for msg, want in steps:
-        if d.procs[1] is victim:
-            wait_for(lambda: ring1.request_space() == ring1.size or victim.poll() is not None,
-                     what="ring 1 to retire earlier requests")
-        d.guest.send(M.encode(msg))
-        if d.procs[1] is victim:
-            def settled(tag=msg.tag):
-                d.guest.poll(0.01)
-                return victim.poll() is not None or any(t == tag for _, t, _ in d.guest.replies)
-            wait_for(settled, what=f"{msg!r} answered or the worker dead")
-        if d.procs[1] is victim and victim.poll() is not None:
-            assert victim.wait() == -9
-            assert msg.tag == 7, f"died on {msg!r}, not on the second append"
-            d.start(1)
-        got[msg.tag] = r = M.decode(d.guest.take(msg.tag, timeout=15))
-        assert isinstance(r, want), f"{point}: {msg!r} -> {r!r}"
-    assert d.procs[1] is not victim, "the fault never fired"
+    got, died_on = d.steps_through_a_crash(steps, point)
+    assert died_on is not None, "the fault never fired"
+    assert died_on.tag == 7, f"died on {died_on!r}, not on the second append"
     d.guest.poll(0.05)
     assert len(d.guest.replies) == len(steps)  # exactly once each
     assert [got[t].count for t in (5, 7, 9)] == [5, len(second), 4]

@@ -13,7 +13,6 @@ from xen9p_common.p9 import messages as M
 from xen9p_common.p9.stat import STAT_DONT_TOUCH
 
 from .ring_worker_harness import Device
-from tests.waiting import wait_for
 
 U = C.VERSION_9P2000U
 # Ring 1 serves (as its n-th reply): 1 Rversion, 2 Twalk, then these.
@@ -33,7 +32,6 @@ def test_crash_at_each_journal_step_u(device, point, op):
     d = device
     d.start(0)
     d.start(1, extra_env={"XEN9P_RING_FAULT": f"{point}:{OPS[op]}"})
-    victim = d.procs[1]
     steps = [
         (M.Tversion(M.NOTAG, 8192, U), M.Rversion),
         (M.Tattach(0, 0, 0, "root", "", 0), M.Rattach),                          # ring 0
@@ -54,25 +52,8 @@ def test_crash_at_each_journal_step_u(device, point, op):
         (M.Tclunk(15, 10), M.Rclunk),                                             # reply 9
         (M.Tclunk(20, 8), M.Rclunk),                                              # ring 0
     ]
-    ring1 = d.guest.rings[1].fr
-    got = {}
-    for msg, want in steps:
-        if d.procs[1] is victim:
-            wait_for(lambda: ring1.request_space() == ring1.size or victim.poll() is not None,
-                     what="ring 1 to retire earlier requests")
-        d.guest.send(M.encode(msg))
-        if d.procs[1] is victim:
-            def settled(tag=msg.tag):
-                d.guest.poll(0.01)
-                return victim.poll() is not None or any(t == tag for _, t, _ in d.guest.replies)
-            wait_for(settled, what=f"{msg!r} answered or the worker dead")
-        if d.procs[1] is victim and victim.poll() is not None:
-            assert victim.wait() == -9
-            d.start(1)  # the successor, without the fault
-        r = M.decode(d.guest.take(msg.tag, timeout=15))
-        assert isinstance(r, want), f"{point}/{op}: {msg!r} -> {r!r}"
-        got[msg.tag] = r
-    assert d.procs[1] is not victim, "the fault never fired"
+    got, died_on = d.steps_through_a_crash(steps, f"{point}/{op}")
+    assert died_on is not None, "the fault never fired"
     d.guest.poll(0.05)
     assert len(d.guest.replies) == len(steps)  # exactly once each
     assert got[13].stat.name == "g" and got[13].stat.mode == 0o600 and got[13].stat.length == 5
