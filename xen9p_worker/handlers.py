@@ -81,17 +81,13 @@ def t_clunk(s, m, req):
             remove_entry(s, m.fid, e)
         except OSError as err:
             log.debug("ORCLOSE removal of fid %d failed: %s", m.fid, err)
-    if e.kind == FID_XATTR_WRITE:
-        # Applied while the fid still holds the value: a worker killed in between leaves the fid
-        # to its successor, which sees whether the host has the change (ring_resume). The fid
-        # goes whatever the outcome.
-        try:
+    try:
+        if e.kind == FID_XATTR_WRITE:
+            # Applied while the fid still holds the value: a worker killed in between leaves the
+            # fid to its successor, which sees whether the host has the change (ring_resume).
             apply_xattr(s, m.fid, e)
-        finally:
-            release(s, m.fid, s.fids.remove(m.fid))
-        return M.Rclunk(m.tag)
-    e = s.fids.remove(m.fid)
-    release(s, m.fid, e)
+    finally:
+        release(s, m.fid, s.fids.remove(m.fid))  # the fid goes whatever the outcome
     return M.Rclunk(m.tag)
 
 

@@ -76,9 +76,10 @@ class ResumeFixup:
         elif t is M.Tattach:
             self._forget(msg.fid)
         elif t in (M.Tclunk, M.Tremove):
-            if not self._exists(msg.fid):
+            e = self._entry(msg.fid)
+            if e is None:
                 return M.encode(M.Rclunk(msg.tag) if t is M.Tclunk else M.Rremove(msg.tag))
-            if t is M.Tclunk and self._xattr_applied(msg.fid):
+            if t is M.Tclunk and self._xattr_applied(msg.fid, e):
                 release(self.s, msg.fid, fids.remove(msg.fid))
                 return M.encode(M.Rclunk(msg.tag))
         elif t in (M.Tlopen, M.Txattrcreate, M.Topen):
@@ -86,9 +87,8 @@ class ResumeFixup:
         elif t is M.Tcreate:
             self._uncreate(msg)
         elif t is M.Tlcreate:
-            try:
-                e = fids.get(msg.fid)
-            except OSError:
+            e = self._entry(msg.fid)
+            if e is None:
                 return frame
             name = os.fsencode(msg.name)
             if e.kind != FID_PATH and (e.path == name or e.path.endswith(b"/" + name)):
@@ -142,21 +142,24 @@ class ResumeFixup:
 
     # -- helpers -------------------------------------------------------------------
 
+    def _entry(self, fid: int):
+        """The fid's entry, or None if there is no such fid."""
+        try:
+            return self.s.fids.get(fid)
+        except OSError:
+            return None
+
     def _xattr_written(self, msg) -> bool:
         """Is this Twrite's chunk of an xattr value already the end of the fid's value? (Chunks
         must arrive in order: a re-run of an applied one would be refused with EINVAL.)"""
-        try:
-            e = self.s.fids.get(msg.fid)
-        except OSError:
-            return False
+        e = self._entry(msg.fid)
         data = bytes(msg.data)
-        return (e.kind == FID_XATTR_WRITE and bool(data) and msg.offset + len(data) == len(e.xattr_value)
+        return (e is not None and e.kind == FID_XATTR_WRITE and bool(data) and msg.offset + len(data) == len(e.xattr_value)
                 and e.xattr_value[msg.offset:] == data)
 
-    def _xattr_applied(self, fid: int) -> bool:
-        """Does the host show the xattr change this Txattrcreate fid's clunk makes, where a
-        second application would fail (XATTR_CREATE: EEXIST; a removal: ENODATA)?"""
-        e = self.s.fids.get(fid)
+    def _xattr_applied(self, fid: int, e) -> bool:
+        """Does the host show the xattr change this Txattrcreate fid (entry e) makes at its clunk,
+        where a second application would fail (XATTR_CREATE: EEXIST; a removal: ENODATA)?"""
         if e.kind != FID_XATTR_WRITE or len(e.xattr_value) != e.xattr_size:
             return False
         removal = e.xattr_size == 0 and e.xattr_flags & C.XATTR_REPLACE
@@ -181,12 +184,9 @@ class ResumeFixup:
         for there. Data equal to a later append of someone else's reads as ours: that append
         then counts for both (a guest cannot tell them apart either).
         """
-        try:
-            e = self.s.fids.get(msg.fid)
-        except OSError:
-            return False
+        e = self._entry(msg.fid)
         data = bytes(msg.data)
-        if e.kind != FID_FILE or not e.open_flags & os.O_APPEND or not data:
+        if e is None or e.kind != FID_FILE or not e.open_flags & os.O_APPEND or not data:
             return False
         try:
             slot = open_slot(self.s, msg.fid, e)
@@ -210,13 +210,6 @@ class ResumeFixup:
         finally:
             self.s.fds.release(slot)
 
-    def _exists(self, fid: int) -> bool:
-        try:
-            self.s.fids.get(fid)
-            return True
-        except OSError:
-            return False
-
     def _forget(self, fid: int) -> None:
         try:
             self.s.fids.remove(fid)
@@ -225,9 +218,8 @@ class ResumeFixup:
 
     def _uncreate(self, msg) -> None:
         """A Tcreate that moved its fid onto the new object already: back to the directory."""
-        try:
-            e = self.s.fids.get(msg.fid)
-        except OSError:
+        e = self._entry(msg.fid)
+        if e is None:
             return
         name = os.fsencode(msg.name)
         if not (e.path == name or e.path.endswith(b"/" + name)):
@@ -251,11 +243,8 @@ class ResumeFixup:
                                                holder_fd=-1, rclose=False))
 
     def _back_to_path(self, fid: int) -> None:
-        try:
-            e = self.s.fids.get(fid)
-        except OSError:
-            return
-        if e.kind != FID_PATH:
+        e = self._entry(fid)
+        if e is not None and e.kind != FID_PATH:
             self.s.fids.update(fid, e.copy(kind=FID_PATH, open_flags=-1, holder_pid=0, holder_fd=-1,
                                            xattr_name=b"", xattr_size=0, xattr_flags=0, xattr_value=b"",
                                            rclose=False, dir_offset=0, dir_cookie=0))
